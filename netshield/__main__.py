@@ -1,0 +1,5 @@
+"""Allow `python -m netshield`."""
+
+from netshield.cli import main
+
+raise SystemExit(main())

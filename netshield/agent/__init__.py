@@ -1,0 +1,1 @@
+"""The sidecar agent: attest, hold credentials in memory, renew, follow revocations."""

@@ -1,0 +1,333 @@
+"""The CAS core: turns attestation, nonce, revocation and policy requests into decisions.
+
+This is the one place that combines the quote verifier, the policy appraisal, the state store
+and the mesh CA. It holds no sockets; the HTTP layer (`api.py`) calls it with parsed requests and
+`now`, and it returns values (an issued credential, a refusal with a reason code). Every
+decision, allow or deny, is written to the hash-chained audit log by the store in the same
+transaction as its effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from netshield.attestation.appraisal import Decision, appraise
+from netshield.attestation.verifier import QuoteVerifier
+from netshield.cas.store import CasStore, Revocation, StoredPolicy
+from netshield.errors import ConfigError, CsrError, NetshieldError, QuoteError
+from netshield.identity import SpiffeId
+from netshield.pki.ca import CertificateAuthority, issue_certificate
+from netshield.pki.certext import AttestationClaims
+from netshield.pki.csr import parse_csr
+from netshield.pki.keys import public_key_der
+from netshield.policy import Policy, parse_policy, policy_hash, slice_for
+from netshield.reasons import Reason
+
+log = logging.getLogger("netshield.cas")
+
+RevocationKind = Literal["instance", "service", "platform"]
+FEED_EVENTS = frozenset({"revoke", "policy.apply"})
+
+
+@dataclass(frozen=True, slots=True)
+class AttestRequest:
+    service: str
+    nonce: bytes
+    quote: bytes
+    csr_pem: bytes
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> AttestRequest:
+        """Build from the API's JSON body; NetshieldError(REQUEST_MALFORMED) names the bad field."""
+        expected = {"service", "nonce", "quote", "csr"}
+        if set(body) != expected:
+            missing = sorted(expected - set(body))
+            extra = sorted(set(body) - expected)
+            raise NetshieldError(
+                f"attest request must have exactly the fields {sorted(expected)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {extra}" if extra else ""),
+                reason=Reason.REQUEST_MALFORMED,
+            )
+        service, nonce_hex, quote_b64, csr = (body[k] for k in ("service", "nonce", "quote", "csr"))
+        if not all(isinstance(v, str) for v in (service, nonce_hex, quote_b64, csr)):
+            raise NetshieldError(
+                "attest request fields must be strings", reason=Reason.REQUEST_MALFORMED
+            )
+        try:
+            nonce = bytes.fromhex(nonce_hex)
+        except ValueError:
+            raise NetshieldError("nonce is not hex", reason=Reason.REQUEST_MALFORMED) from None
+        try:
+            quote = base64.b64decode(quote_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise NetshieldError("quote is not base64", reason=Reason.QUOTE_MALFORMED) from None
+        return cls(service=service, nonce=nonce, quote=quote, csr_pem=csr.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A successful attestation: the certificate chain and the caller's slice of policy."""
+
+    certificate: x509.Certificate
+    chain_pem: bytes
+    trust_bundle_pem: bytes
+    spiffe_id: SpiffeId
+    policy_version: int
+    epoch: int
+    policy_slice: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "certificate_chain": self.chain_pem.decode(),
+            "trust_bundle": self.trust_bundle_pem.decode(),
+            "spiffe_id": str(self.spiffe_id),
+            "serial": format(self.certificate.serial_number, "x"),
+            "not_after": self.certificate.not_valid_after_utc.isoformat(),
+            "policy_version": self.policy_version,
+            "epoch": self.epoch,
+            "policy": self.policy_slice,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A refused attestation: the reason code and an operator sentence."""
+
+    decision: Decision
+
+
+@dataclass
+class Feed:
+    """Wakes long-polling and streaming feed readers when the audit head moves."""
+
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait(self, timeout: float) -> None:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class CasService:
+    """The CAS's decisions over one store, one mesh CA, one quote verifier and the current policy."""
+
+    def __init__(
+        self,
+        *,
+        store: CasStore,
+        ca: CertificateAuthority,
+        verifier: QuoteVerifier,
+        nonce_ttl: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.store = store
+        self.ca = ca
+        self.verifier = verifier
+        self.nonce_ttl = nonce_ttl
+        self.feed = Feed()
+        stored = store.current_policy()
+        if stored is None:
+            raise NetshieldError("the CAS state holds no policy yet", reason=Reason.POLICY_INVALID)
+        self._stored = stored
+        self._policy = parse_policy(stored.text, source=f"policy version {stored.version}")
+
+    # --- reads -------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def stored_policy(self) -> StoredPolicy:
+        return self._stored
+
+    def trust_bundle_pem(self) -> bytes:
+        return self.ca.bundle_pem()
+
+    def feed_events(self, since: int) -> tuple[list[dict[str, Any]], int]:
+        """Revocation and policy events after audit position `since`, and the next position."""
+        events: list[dict[str, Any]] = []
+        head = self.store.audit_head().seq
+        for entry in self.store.audit_entries(since=since):
+            if entry.event in FEED_EVENTS:
+                events.append({"seq": entry.seq, "type": entry.event, "ts": entry.ts, **entry.data})
+        return events, max(head, since)
+
+    # --- nonces and attestation --------------------------------------------------------------
+    def new_nonce(self, now: datetime) -> tuple[bytes, datetime]:
+        return self.store.issue_nonce(now=now, ttl=self.nonce_ttl), now + self.nonce_ttl
+
+    def attest(self, request: AttestRequest, now: datetime) -> Issued | Refused:
+        """Check a quote + CSR in the order of DESIGN §3.4; issue a certificate or refuse."""
+        nonce_status = self.store.consume_nonce(request.nonce, now=now)
+        try:
+            verified = self.verifier.verify(request.quote, now=now)
+        except QuoteError as err:
+            return self._refuse(err.reason, str(err), request.service, None, None, now)
+        body = verified.body
+        try:
+            csr = parse_csr(request.csr_pem)
+        except CsrError as err:
+            return self._refuse(
+                err.reason, str(err), request.service, verified.platform_id, body.measurement, now
+            )
+        policy = self._policy
+        decision = appraise(
+            policy,
+            verified,
+            service=request.service,
+            nonce=request.nonce,
+            nonce_status=nonce_status,
+            csr_public_key_der=public_key_der(csr.public_key()),
+            revoked_platforms=self.store.revoked_platforms(),
+            revoked_services=self.store.revoked_services(),
+        )
+        if not decision.allowed:
+            return self._refuse(
+                decision.reason,
+                decision.detail,
+                request.service,
+                verified.platform_id,
+                body.measurement,
+                now,
+            )
+        spiffe_id = SpiffeId.for_service(policy.trust_domain, request.service)
+        epoch = policy.certificates.min_epoch
+        version = self._stored.version
+        cert = issue_certificate(
+            self.ca,
+            public_key=csr.public_key(),
+            spiffe_id=spiffe_id,
+            now=now,
+            lifetime=policy.certificates.lifetime,
+            claims=AttestationClaims(
+                measurement=body.measurement, policy_version=version, epoch=epoch
+            ),
+        )
+        self.store.record_issued(
+            serial=cert.serial_number,
+            service=request.service,
+            platform_id=verified.platform_id,
+            measurement=body.measurement,
+            not_after=cert.not_valid_after_utc,
+            policy_version=version,
+            epoch=epoch,
+            now=now,
+            fingerprint=fingerprint(cert),
+        )
+        log.info(
+            "attest allow service=%s platform=%s serial=%x measurement=%s",
+            request.service,
+            verified.platform_id,
+            cert.serial_number,
+            body.measurement,
+        )
+        chain = cert.public_bytes(serialization.Encoding.PEM) + self.ca.bundle_pem()
+        return Issued(
+            certificate=cert,
+            chain_pem=chain,
+            trust_bundle_pem=self.ca.bundle_pem(),
+            spiffe_id=spiffe_id,
+            policy_version=version,
+            epoch=epoch,
+            policy_slice=slice_for(policy, request.service),
+        )
+
+    def _refuse(
+        self,
+        reason: Reason,
+        detail: str,
+        service: str | None,
+        platform_id: str | None,
+        measurement: str | None,
+        now: datetime,
+    ) -> Refused:
+        self.store.record_denied(
+            reason=reason.value,
+            detail=detail,
+            service=service,
+            platform_id=platform_id,
+            measurement=measurement,
+            now=now,
+        )
+        log.warning(
+            "attest deny reason=%s service=%s platform=%s: %s",
+            reason.value,
+            service,
+            platform_id,
+            detail,
+        )
+        return Refused(Decision(allowed=False, reason=reason, detail=detail))
+
+    # --- operator actions --------------------------------------------------------------------
+    def revoke(
+        self, kind: RevocationKind, target: str, *, actor: str, note: str, now: datetime
+    ) -> Revocation:
+        if kind == "service" and target not in self._policy.services:
+            raise NetshieldError(
+                f"no service {target!r} in the policy", reason=Reason.REVOCATION_TARGET_UNKNOWN
+            )
+        revocation = self.store.revoke(kind=kind, target=target, now=now, actor=actor, note=note)
+        log.warning("revoked %s %s by %s", kind, target, actor)
+        return revocation
+
+    def apply_policy(
+        self, text: str, *, previous: str | None, actor: str, now: datetime
+    ) -> StoredPolicy:
+        """Validate, then store and swap in a new policy version; the old one stays on any failure."""
+        try:
+            policy = parse_policy(text, source="new policy")
+        except ConfigError as err:
+            raise NetshieldError(err.one_line(), reason=Reason.POLICY_INVALID) from None
+        if policy.trust_domain != self._policy.trust_domain:
+            raise NetshieldError(
+                f"trust_domain cannot change ({self._policy.trust_domain!r} -> {policy.trust_domain!r}); "
+                "a new trust domain needs a new CAS state",
+                reason=Reason.POLICY_INVALID,
+            )
+        stored = self.store.apply_policy(text, previous_hash=previous, now=now, actor=actor)
+        self._stored, self._policy = stored, policy
+        log.warning("policy version %d applied by %s (%s)", stored.version, actor, stored.hash)
+        return stored
+
+
+def bootstrap_policy(
+    store: CasStore, text: str, *, now: datetime, actor: str = "cas serve --policy"
+) -> StoredPolicy:
+    """Load the initial policy into an empty state, or check that the file matches the stored one.
+
+    A CAS that already holds a policy never takes a different one from its command line: changes
+    go through `netshield cas policy apply`, which names the predecessor's hash.
+    """
+    parse_policy(text, source="--policy")
+    current = store.current_policy()
+    if current is None:
+        return store.apply_policy(text, previous_hash=None, now=now, actor=actor)
+
+    if policy_hash(text) != current.hash:
+        raise NetshieldError(
+            f"--policy differs from the CAS's current policy (version {current.version}, {current.hash}); "
+            "change a running policy with `netshield cas policy apply FILE --previous "
+            f"{current.hash}`, or pass the current policy file",
+            reason=Reason.POLICY_PREDECESSOR_MISMATCH,
+        )
+    return current

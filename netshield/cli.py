@@ -1,0 +1,363 @@
+"""The `netshield` command line: one command, a subcommand per role and per operator task.
+
+Every failure is one readable line on stderr and a non-zero exit (2 for usage and input
+problems, 1 for a check that found problems); never a traceback unless NETSHIELD_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from netshield import __version__
+from netshield.errors import ConfigError, NetshieldError, UsageError
+
+Command = Callable[[argparse.Namespace], int]
+
+ENV_CAS = "NETSHIELD_CAS"
+ENV_ADMIN = "NETSHIELD_ADMIN"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+# --- commands ------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    from netshield.trustdomain import Layout, create_trust_domain
+
+    root = Path(args.dir)
+    made = create_trust_domain(
+        root, trust_domain=args.trust_domain, admin_name=args.admin_name, now=_now()
+    )
+    layout = Layout(root)
+    print(f"created trust domain {args.trust_domain} in {root}:")
+    for path in made:
+        mode = path.stat().st_mode & 0o777
+        print(f"  {path}  ({oct(mode)}{', private key' if path.suffix == '.key' else ''})")
+    print("next:")
+    print(
+        f"  netshield platform init --vendor {layout.vendor_dir} --out {layout.platforms_dir}/p1 --tcb 7"
+    )
+    print(
+        "  netshield measure PATH/TO/SERVICE --cmd 'python3 app.py'   # put the digest in the policy"
+    )
+    print(f"  netshield config check {layout.policy}")
+    print(
+        f"  netshield cas serve --policy {layout.policy} --state {layout.cas_state} --listen 127.0.0.1:8443"
+    )
+    return 0
+
+
+def cmd_platform_init(args: argparse.Namespace) -> int:
+    from netshield.attestation.platform import create_platform, save_platform
+    from netshield.pki.ca import load_ca
+
+    vendor_dir = Path(args.vendor)
+    vendor = load_ca(vendor_dir / "vendor-root.pem", vendor_dir / "vendor-root.key")
+    out = Path(args.out)
+    platform_id = args.id or out.name
+    if args.tcb < 0:
+        raise UsageError("--tcb must be 0 or more")
+    platform = create_platform(
+        vendor, platform_id=platform_id, tcb_level=args.tcb, debug=args.debug, now=_now()
+    )
+    paths = save_platform(platform, out)
+    print(
+        f"created platform {platform_id} (TCB level {args.tcb}, debug {'on' if args.debug else 'off'}):"
+    )
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from netshield.attestation.measurement import measure
+
+    cmd = shlex.split(args.cmd) if args.cmd else []
+    print(measure(Path(args.path), cmd))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from netshield.policy import parse_policy
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: cannot read ({err})") from None
+    try:
+        policy = parse_policy(text, source=str(path))
+    except ConfigError as err:
+        print(f"{path}: {len(err.problems)} problem(s)", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(
+        f"{path}: valid policy for trust domain {policy.trust_domain} "
+        f"({len(policy.services)} services, {len(policy.native_services)} native services)"
+    )
+    return 0
+
+
+def cmd_cas_serve(args: argparse.Namespace) -> int:
+    from netshield.cas.server import CasOptions, serve
+    from netshield.netaddr import HostPort
+
+    try:
+        listen = HostPort.parse(args.listen)
+    except ValueError as err:
+        raise UsageError(f"--listen: {err}") from None
+    options = CasOptions(
+        policy_file=Path(args.policy),
+        state_dir=Path(args.state),
+        listen=listen,
+        counter_file=Path(args.counter) if args.counter else None,
+        adopt_counter=args.adopt_counter,
+        server_names=tuple(args.san or ()),
+    )
+    _run(serve(options))
+    return 0
+
+
+def _admin_args(args: argparse.Namespace) -> tuple[str, Any]:
+    from netshield.trustdomain import load_admin
+
+    url = args.cas or os.environ.get(ENV_CAS)
+    admin = args.admin or os.environ.get(ENV_ADMIN)
+    if not url:
+        raise UsageError(f"--cas URL is required (or set {ENV_CAS})")
+    if not admin:
+        raise UsageError(
+            f"--admin DIR is required (or set {ENV_ADMIN}): the admin/ directory made by `netshield init`"
+        )
+    return url, load_admin(Path(admin))
+
+
+def cmd_cas_revoke(args: argparse.Namespace) -> int:
+    from netshield import operator
+
+    chosen = [
+        (k, v)
+        for k, v in (
+            ("instance", args.serial),
+            ("service", args.service),
+            ("platform", args.platform),
+        )
+        if v
+    ]
+    if len(chosen) != 1:
+        raise UsageError("name exactly one of --serial, --service, --platform")
+    kind, target = chosen[0]
+    url, admin = _admin_args(args)
+    print(_run(operator.revoke(url, admin, kind, target, args.note or "")))
+    return 0
+
+
+def cmd_cas_policy(args: argparse.Namespace) -> int:
+    from netshield import operator
+
+    url, admin = _admin_args(args)
+    if args.action == "show":
+        print(_run(operator.policy_show(url, admin, text=args.text)))
+    else:
+        if not args.file:
+            raise UsageError("policy apply needs FILE")
+        print(_run(operator.policy_apply(url, admin, Path(args.file), args.previous)))
+    return 0
+
+
+def cmd_cas_audit(args: argparse.Namespace) -> int:
+    from netshield import operator
+
+    if args.state:
+        lines, ok = operator.audit_offline(
+            Path(args.state),
+            Path(args.counter) if args.counter else None,
+            verify=args.verify,
+            as_json=args.json,
+            since=args.since,
+            limit=args.limit,
+        )
+    else:
+        url, admin = _admin_args(args)
+        lines, ok = _run(
+            operator.audit_online(
+                url,
+                admin,
+                since=args.since,
+                limit=args.limit,
+                verify=args.verify,
+                as_json=args.json,
+            )
+        )
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from netshield.demo import run_demo
+
+    return int(_run(run_demo(keep=args.keep, workdir=Path(args.dir) if args.dir else None)))
+
+
+# --- parser --------------------------------------------------------------------------------------
+def _add_admin(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cas", help=f"CAS URL, e.g. https://127.0.0.1:8443 (env {ENV_CAS})")
+    p.add_argument(
+        "--admin", help=f"admin credential directory made by `netshield init` (env {ENV_ADMIN})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netshield", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--version", action="version", version=f"netshield {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("NETSHIELD_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="diagnostic log level (stderr)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "demo", help="run the whole shield on this machine and narrate what it shows"
+    )
+    p.add_argument(
+        "--keep-running", dest="keep", action="store_true", help="leave the mesh up afterwards"
+    )
+    p.add_argument("--dir", help="work directory (default: a new temporary directory)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "init", help="create a trust domain: vendor root, mesh CA, admin credential, policy"
+    )
+    p.add_argument("dir")
+    p.add_argument("--trust-domain", default="netshield.local")
+    p.add_argument("--admin-name", default="operator")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("platform", help="simulated attestation platforms")
+    psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = psub.add_parser("init", help="create a platform certified by the vendor root")
+    q.add_argument("--vendor", required=True, help="the vendor/ directory made by `netshield init`")
+    q.add_argument("--out", required=True, help="directory to create for the platform")
+    q.add_argument("--id", help="platform id (default: the --out directory's name)")
+    q.add_argument("--tcb", type=int, default=7, help="TCB level the vendor certifies (default 7)")
+    q.add_argument("--debug", action="store_true", help="the platform runs workloads in debug mode")
+    q.set_defaults(func=cmd_platform_init)
+
+    p = sub.add_parser(
+        "measure", help="print a workload's measurement (SHA-256 over code and entry command)"
+    )
+    p.add_argument("path")
+    p.add_argument("--cmd", default="", help="the entry command, e.g. 'python3 app.py'")
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("config", help="configuration files")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = csub.add_parser("check", help="validate a policy file without starting anything")
+    q.add_argument("file")
+    q.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("cas", help="the configuration and attestation service")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = csub.add_parser("serve", help="run the CAS")
+    q.add_argument("--policy", required=True)
+    q.add_argument(
+        "--state", required=True, help="state directory (DIR/cas from `netshield init DIR`)"
+    )
+    q.add_argument("--listen", default="127.0.0.1:8443")
+    q.add_argument(
+        "--counter",
+        help="monotonic counter file, outside the state directory "
+        "(default: $XDG_STATE_HOME/netshield/cas-<state id>.counter)",
+    )
+    q.add_argument(
+        "--adopt-counter",
+        action="store_true",
+        help="accept a non-empty state that has no counter yet (first start on a new machine)",
+    )
+    q.add_argument(
+        "--san", action="append", help="extra DNS name or IP for the CAS certificate (repeatable)"
+    )
+    q.set_defaults(func=cmd_cas_serve)
+
+    q = csub.add_parser("revoke", help="revoke an instance (serial), a service or a platform")
+    _add_admin(q)
+    q.add_argument("--serial", help="certificate serial (hex)")
+    q.add_argument("--service")
+    q.add_argument("--platform")
+    q.add_argument("--note")
+    q.set_defaults(func=cmd_cas_revoke)
+
+    q = csub.add_parser("policy", help="show or apply a policy version")
+    _add_admin(q)
+    q.add_argument("action", choices=["show", "apply"])
+    q.add_argument("file", nargs="?")
+    q.add_argument("--previous", help="hash of the policy this one replaces (see `policy show`)")
+    q.add_argument("--text", action="store_true", help="show: print the policy text")
+    q.set_defaults(func=cmd_cas_policy)
+
+    q = csub.add_parser("audit", help="read and verify the CAS audit log")
+    _add_admin(q)
+    q.add_argument("--state", help="read offline from a state directory instead of the API")
+    q.add_argument("--counter", help="with --state: the monotonic counter file")
+    q.add_argument("--verify", action="store_true", help="check the hash chain and the counter")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--since", type=int, default=0)
+    q.add_argument("--limit", type=int, default=1000)
+    q.set_defaults(func=cmd_cas_audit)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except NetshieldError as err:
+        print(f"netshield: error: {err.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # a bug: one line for the operator, the traceback on request
+        if os.environ.get("NETSHIELD_DEBUG"):
+            raise
+        print(
+            f"netshield: internal error: {type(err).__name__}: {err} "
+            "(rerun with NETSHIELD_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 70

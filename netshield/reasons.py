@@ -1,0 +1,293 @@
+"""Reason codes: the stable, upper-case strings that name why something was allowed or refused.
+
+Scripts, dashboards and operators key on these strings, so a code never changes meaning and is
+never renamed. Every code carries a one-line hint (what an operator can do about it) and the HTTP
+status the CAS answers with when it refuses a request for that reason. The README's table is
+generated from `REASONS` (tests keep the two in sync).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Stage(enum.StrEnum):
+    """Where in the system a reason code arises."""
+
+    REQUEST = "request"
+    ATTESTATION = "attestation"
+    ADMIN = "admin"
+    STATE = "state"
+    DATA_PLANE = "data-plane"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonInfo:
+    code: str
+    stage: Stage
+    http_status: int
+    hint: str
+
+
+class Reason(enum.StrEnum):
+    """Stable reason codes. The enum value is the code itself."""
+
+    OK = "OK"
+    # --- requests to the CAS API ---
+    REQUEST_MALFORMED = "REQUEST_MALFORMED"
+    BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    BUSY = "BUSY"
+    # --- attestation, in the order the CAS checks them (DESIGN §3.4) ---
+    QUOTE_MALFORMED = "QUOTE_MALFORMED"
+    QUOTE_FORMAT_UNSUPPORTED = "QUOTE_FORMAT_UNSUPPORTED"
+    PLATFORM_CERT_UNTRUSTED = "PLATFORM_CERT_UNTRUSTED"
+    QUOTE_SIGNATURE_INVALID = "QUOTE_SIGNATURE_INVALID"
+    PLATFORM_REVOKED = "PLATFORM_REVOKED"
+    TCB_OUT_OF_DATE = "TCB_OUT_OF_DATE"
+    DEBUG_NOT_ALLOWED = "DEBUG_NOT_ALLOWED"
+    NONCE_UNKNOWN = "NONCE_UNKNOWN"
+    NONCE_REUSED = "NONCE_REUSED"
+    NONCE_EXPIRED = "NONCE_EXPIRED"
+    REPORT_DATA_MISMATCH = "REPORT_DATA_MISMATCH"
+    CSR_MALFORMED = "CSR_MALFORMED"
+    SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+    SERVICE_DISABLED = "SERVICE_DISABLED"
+    SERVICE_REVOKED = "SERVICE_REVOKED"
+    MEASUREMENT_NOT_ALLOWED = "MEASUREMENT_NOT_ALLOWED"
+    SIGNER_NOT_ALLOWED = "SIGNER_NOT_ALLOWED"
+    PRODUCT_NOT_ALLOWED = "PRODUCT_NOT_ALLOWED"
+    SVN_TOO_LOW = "SVN_TOO_LOW"
+    # --- operator (admin) API ---
+    ADMIN_CERT_REQUIRED = "ADMIN_CERT_REQUIRED"
+    POLICY_INVALID = "POLICY_INVALID"
+    POLICY_PREDECESSOR_MISMATCH = "POLICY_PREDECESSOR_MISMATCH"
+    REVOCATION_TARGET_UNKNOWN = "REVOCATION_TARGET_UNKNOWN"
+    # --- CAS state ---
+    STATE_ROLLED_BACK = "STATE_ROLLED_BACK"
+    AUDIT_CHAIN_BROKEN = "AUDIT_CHAIN_BROKEN"
+
+    @property
+    def info(self) -> ReasonInfo:
+        return REASONS[self]
+
+
+def _r(code: Reason, stage: Stage, status: int, hint: str) -> tuple[Reason, ReasonInfo]:
+    return code, ReasonInfo(code.value, stage, status, hint)
+
+
+REASONS: dict[Reason, ReasonInfo] = dict(
+    [
+        _r(Reason.OK, Stage.REQUEST, 200, "Nothing to do."),
+        _r(
+            Reason.REQUEST_MALFORMED,
+            Stage.REQUEST,
+            400,
+            "The request body is not the JSON object this endpoint expects; check the client version.",
+        ),
+        _r(
+            Reason.BODY_TOO_LARGE,
+            Stage.REQUEST,
+            413,
+            "The request body exceeds the CAS limit; quotes and CSRs are a few kilobytes.",
+        ),
+        _r(
+            Reason.UNSUPPORTED_MEDIA_TYPE,
+            Stage.REQUEST,
+            415,
+            "Send the body as application/json (policy uploads: application/yaml).",
+        ),
+        _r(
+            Reason.NOT_FOUND,
+            Stage.REQUEST,
+            404,
+            "No such endpoint; see the README's CAS API table.",
+        ),
+        _r(Reason.METHOD_NOT_ALLOWED, Stage.REQUEST, 405, "Wrong HTTP method for this endpoint."),
+        _r(
+            Reason.BUSY,
+            Stage.REQUEST,
+            503,
+            "The CAS is at its limit of concurrent attestations; retry with backoff.",
+        ),
+        _r(
+            Reason.QUOTE_MALFORMED,
+            Stage.ATTESTATION,
+            400,
+            "The quote could not be decoded; the platform software and the CAS disagree on the format.",
+        ),
+        _r(
+            Reason.QUOTE_FORMAT_UNSUPPORTED,
+            Stage.ATTESTATION,
+            400,
+            "The quote's format version is not one this CAS verifies; upgrade the CAS or the platform.",
+        ),
+        _r(
+            Reason.PLATFORM_CERT_UNTRUSTED,
+            Stage.ATTESTATION,
+            403,
+            "The platform certificate does not chain to a trusted vendor root; re-provision the platform "
+            "with `netshield platform init` from this trust domain's vendor root.",
+        ),
+        _r(
+            Reason.QUOTE_SIGNATURE_INVALID,
+            Stage.ATTESTATION,
+            403,
+            "The quote's signature does not verify with the platform key: it was altered or forged.",
+        ),
+        _r(
+            Reason.PLATFORM_REVOKED,
+            Stage.ATTESTATION,
+            403,
+            "The platform is revoked (policy platforms.revoked or `netshield cas revoke --platform`); "
+            "run the workload on another platform.",
+        ),
+        _r(
+            Reason.TCB_OUT_OF_DATE,
+            Stage.ATTESTATION,
+            403,
+            "The platform's TCB level is below platforms.min_tcb; update the platform firmware.",
+        ),
+        _r(
+            Reason.DEBUG_NOT_ALLOWED,
+            Stage.ATTESTATION,
+            403,
+            "The workload runs in debug mode, which the policy does not allow for this service.",
+        ),
+        _r(
+            Reason.NONCE_UNKNOWN,
+            Stage.ATTESTATION,
+            403,
+            "The quote names a nonce this CAS never issued; fetch a fresh nonce and attest again.",
+        ),
+        _r(
+            Reason.NONCE_REUSED,
+            Stage.ATTESTATION,
+            403,
+            "The nonce was already used: a replayed quote. Fetch a fresh nonce for every attestation.",
+        ),
+        _r(
+            Reason.NONCE_EXPIRED,
+            Stage.ATTESTATION,
+            403,
+            "The nonce expired before the quote arrived; attest promptly after fetching the nonce.",
+        ),
+        _r(
+            Reason.REPORT_DATA_MISMATCH,
+            Stage.ATTESTATION,
+            403,
+            "The quote's report_data does not bind this CSR's key and nonce; the CSR was swapped.",
+        ),
+        _r(
+            Reason.CSR_MALFORMED,
+            Stage.ATTESTATION,
+            400,
+            "The CSR is not a valid PEM PKCS#10 request with a self-signature over an ECDSA P-256 key.",
+        ),
+        _r(
+            Reason.SERVICE_UNKNOWN,
+            Stage.ATTESTATION,
+            403,
+            "The service is not in the policy; add it under services or fix the sidecar's service name.",
+        ),
+        _r(
+            Reason.SERVICE_DISABLED,
+            Stage.ATTESTATION,
+            403,
+            "The service is disabled in the policy (services.<name>.enabled: false).",
+        ),
+        _r(
+            Reason.SERVICE_REVOKED,
+            Stage.ATTESTATION,
+            403,
+            "The service was revoked with `netshield cas revoke --service`; apply a policy that re-enables it.",
+        ),
+        _r(
+            Reason.MEASUREMENT_NOT_ALLOWED,
+            Stage.ATTESTATION,
+            403,
+            "The workload's measurement is not in services.<name>.measurements: the code changed. "
+            "Run `netshield measure` on the approved build and add its measurement to the policy.",
+        ),
+        _r(
+            Reason.SIGNER_NOT_ALLOWED,
+            Stage.ATTESTATION,
+            403,
+            "The workload's signer does not match services.<name>.signer.",
+        ),
+        _r(
+            Reason.PRODUCT_NOT_ALLOWED,
+            Stage.ATTESTATION,
+            403,
+            "The workload's product id does not match services.<name>.product_id.",
+        ),
+        _r(
+            Reason.SVN_TOO_LOW,
+            Stage.ATTESTATION,
+            403,
+            "The workload's security version is below services.<name>.min_svn; deploy the patched build.",
+        ),
+        _r(
+            Reason.ADMIN_CERT_REQUIRED,
+            Stage.ADMIN,
+            403,
+            "Admin endpoints need the operator client certificate made by `netshield init` (--admin-cert).",
+        ),
+        _r(
+            Reason.POLICY_INVALID,
+            Stage.ADMIN,
+            422,
+            "The policy does not validate; run `netshield config check FILE` for every problem.",
+        ),
+        _r(
+            Reason.POLICY_PREDECESSOR_MISMATCH,
+            Stage.ADMIN,
+            409,
+            "The update must name the current policy's hash (--previous); see `netshield cas policy show`.",
+        ),
+        _r(
+            Reason.REVOCATION_TARGET_UNKNOWN,
+            Stage.ADMIN,
+            404,
+            "No issued certificate, service or platform by that name; check `netshield cas audit`.",
+        ),
+        _r(
+            Reason.STATE_ROLLED_BACK,
+            Stage.STATE,
+            500,
+            "The CAS state is older than its monotonic counter: the database was rolled back. "
+            "Restore the newest state; never start the CAS on an old copy.",
+        ),
+        _r(
+            Reason.AUDIT_CHAIN_BROKEN,
+            Stage.STATE,
+            500,
+            "The audit log's hash chain is broken: entries were edited, removed or reordered.",
+        ),
+    ]
+)
+
+
+def reason(code: str) -> Reason | None:
+    """Look up a reason by its code; None if the code is unknown (e.g. from a newer peer)."""
+    try:
+        return Reason(code)
+    except ValueError:
+        return None
+
+
+def markdown_table() -> str:
+    """The README's reason-code table (regenerate with `python -m netshield.reasons`)."""
+    rows = ["| code | where | HTTP | what to do |", "|---|---|---|---|"]
+    for r, info in REASONS.items():
+        if r is Reason.OK:
+            continue
+        rows.append(f"| `{info.code}` | {info.stage.value} | {info.http_status} | {info.hint} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
