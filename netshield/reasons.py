@@ -68,6 +68,7 @@ class Reason(enum.StrEnum):
     REVOCATION_TARGET_UNKNOWN = "REVOCATION_TARGET_UNKNOWN"
     # --- CAS state ---
     STATE_ROLLED_BACK = "STATE_ROLLED_BACK"
+    STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
     AUDIT_CHAIN_BROKEN = "AUDIT_CHAIN_BROKEN"
 
     @property
@@ -203,7 +204,8 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Reason.SERVICE_REVOKED,
             Stage.ATTESTATION,
             403,
-            "The service was revoked with `netshield cas revoke --service`; apply a policy that re-enables it.",
+            "The service was revoked with `netshield cas revoke --service`; revocations are permanent "
+            "in this CAS state, so redeploy the fixed service under a new name.",
         ),
         _r(
             Reason.MEASUREMENT_NOT_ALLOWED,
@@ -260,6 +262,13 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             500,
             "The CAS state is older than its monotonic counter: the database was rolled back. "
             "Restore the newest state; never start the CAS on an old copy.",
+        ),
+        _r(
+            Reason.STATE_UNAVAILABLE,
+            Stage.STATE,
+            500,
+            "The CAS state cannot be used (locked by another CAS, unreadable, or not a CAS "
+            "database); run one CAS per state directory and check the path.",
         ),
         _r(
             Reason.AUDIT_CHAIN_BROKEN,

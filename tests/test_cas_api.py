@@ -434,6 +434,8 @@ async def test_cas_never_logs_or_audits_key_material(
         assert secret not in text
         assert ca_key.splitlines()[1] not in text
     assert "attest.allow" in audit_text and "MEASUREMENT_NOT_ALLOWED" in audit_text
+    # the CAS log and the audit log say the same about the refusal
+    assert "reason=MEASUREMENT_NOT_ALLOWED service=orders" in caplog.text
 
 
 async def test_attestations_beyond_the_concurrency_limit_get_busy_not_a_hang(

@@ -9,6 +9,7 @@ import pytest
 
 from netshield.cas.counter import CounterValue, MonotonicCounter, default_counter_path
 from netshield.errors import StateError
+from netshield.reasons import Reason
 
 H1 = "1" * 64
 H2 = "2" * 64
@@ -66,6 +67,7 @@ def test_damaged_counter_file_is_refused_naming_the_file(tmp_path: Path, content
     with pytest.raises(StateError) as info:
         MonotonicCounter(path).read()
     assert str(path) in str(info.value)
+    assert info.value.reason is Reason.STATE_UNAVAILABLE
 
 
 def test_default_counter_path_lives_under_xdg_state_home(

@@ -346,6 +346,7 @@ def test_garbage_database_file_is_refused_naming_the_file(tmp_path: Path) -> Non
     (state(tmp_path) / "cas.db").write_bytes(b"not a database" * 100)
     err = refused(tmp_path)
     assert f"{state(tmp_path) / 'cas.db'} is not a readable CAS database" in str(err)
+    assert err.reason is Reason.STATE_UNAVAILABLE  # not a rollback: the file is not a CAS database
 
 
 def test_verify_state_reads_a_running_cas_through_its_wal(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netshield.errors import StateError
+from netshield.reasons import Reason
 
 COUNTER_FORMAT = "netshield-counter/1"
 
@@ -86,6 +87,7 @@ class MonotonicCounter:
             raise StateError(
                 f"cannot read the monotonic counter {self.path}: {exc.strerror}",
                 hint=_UNREADABLE_HINT,
+                reason=Reason.STATE_UNAVAILABLE,
             ) from None
         return self._parse(raw)
 
@@ -108,6 +110,7 @@ class MonotonicCounter:
         raise StateError(
             f"the monotonic counter {self.path} is not a {COUNTER_FORMAT} file",
             hint=_UNREADABLE_HINT,
+                reason=Reason.STATE_UNAVAILABLE,
         )
 
     def advance(self, value: CounterValue) -> None:

@@ -185,8 +185,10 @@ def _nonce_digest(nonce: bytes) -> str:
     return hashlib.sha256(nonce).hexdigest()
 
 
-def _state_error(message: str, *, hint: str = _UNAVAILABLE_HINT) -> StateError:
-    return StateError(message, reason=Reason.STATE_ROLLED_BACK, hint=hint)
+def _state_error(
+    message: str, *, hint: str = _UNAVAILABLE_HINT, reason: Reason = Reason.STATE_UNAVAILABLE
+) -> StateError:
+    return StateError(message, reason=reason, hint=hint)
 
 
 def _marker_path(state_dir: Path) -> Path:
@@ -528,11 +530,14 @@ class CasStore:
                 "the counter file, or start with --adopt-counter only if this state "
                 "directory is known to be the newest",
                 hint="Restore the counter file, or adopt it with --adopt-counter.",
+                reason=Reason.STATE_ROLLED_BACK,
             )
         if value is not None:
             problem = _counter_problem(db_path, self.counter_path, entries, value)
             if problem:
-                raise _state_error(problem, hint=Reason.STATE_ROLLED_BACK.info.hint)
+                raise _state_error(
+                    problem, hint=Reason.STATE_ROLLED_BACK.info.hint, reason=Reason.STATE_ROLLED_BACK
+                )
         mismatches = _rows_problems(conn, entries)
         if mismatches:
             raise StateError(
