@@ -98,6 +98,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     from netshield.policy import parse_policy
+    from netshield.schema import load_yaml
+    from netshield.sidecar.config import detect_kind, file_problems, parse_sidecar_config
 
     path = Path(args.file)
     try:
@@ -105,6 +107,22 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"{path}: cannot read ({err})") from None
     try:
+        if detect_kind(load_yaml(text, str(path))) == "sidecar":
+            config = parse_sidecar_config(text, source=str(path), base_dir=path.parent)
+            problems = file_problems(config)
+            if problems:
+                raise ConfigError(str(path), problems)
+            inbound = (
+                f"inbound {config.inbound.listen} -> {config.inbound.upstream}"
+                if config.inbound
+                else "no inbound listener"
+            )
+            print(
+                f"{path}: valid sidecar config for service {config.service} "
+                f"({inbound}, {len(config.outbound)} outbound listeners, "
+                f"admin on {config.admin.listen})"
+            )
+            return 0
         policy = parse_policy(text, source=str(path))
     except ConfigError as err:
         print(f"{path}: {len(err.problems)} problem(s)", file=sys.stderr)
@@ -214,6 +232,13 @@ def cmd_cas_audit(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    from netshield.sidecar.app import run_sidecar
+
+    _run(run_sidecar(Path(args.config)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from netshield.demo import run_demo
 
@@ -258,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-name", default="operator")
     p.set_defaults(func=cmd_init)
 
+    p = sub.add_parser("sidecar", help="run a sidecar: attest, then relay mTLS for one service")
+    p.add_argument(
+        "--config", required=True, help="sidecar YAML (check it with `netshield config check`)"
+    )
+    p.set_defaults(func=cmd_sidecar)
+
     p = sub.add_parser("platform", help="simulated attestation platforms")
     psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = psub.add_parser("init", help="create a platform certified by the vendor root")
@@ -277,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="configuration files")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = csub.add_parser("check", help="validate a policy file without starting anything")
+    q = csub.add_parser(
+        "check", help="validate a policy or sidecar config file without starting anything"
+    )
     q.add_argument("file")
     q.set_defaults(func=cmd_config_check)
 

@@ -312,6 +312,7 @@ def slice_for(policy: Policy, service: str) -> dict[str, Any]:
             name: {
                 "addresses": list(svc.addresses),
                 "identity": str(SpiffeId.for_service(policy.trust_domain, name)),
+                "authorization": svc.authorization,
             }
             for name, svc in sorted(policy.services.items())
         },

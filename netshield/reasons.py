@@ -70,6 +70,29 @@ class Reason(enum.StrEnum):
     STATE_ROLLED_BACK = "STATE_ROLLED_BACK"
     STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
     AUDIT_CHAIN_BROKEN = "AUDIT_CHAIN_BROKEN"
+    # --- data plane: why a connection was allowed, refused or closed ---
+    PEER_NOT_AUTHORIZED = "PEER_NOT_AUTHORIZED"
+    PEER_IDENTITY_MISMATCH = "PEER_IDENTITY_MISMATCH"
+    PEER_CERT_MISSING = "PEER_CERT_MISSING"
+    PEER_CERT_UNTRUSTED = "PEER_CERT_UNTRUSTED"
+    PEER_CERT_EXPIRED = "PEER_CERT_EXPIRED"
+    PEER_REVOKED = "PEER_REVOKED"
+    POLICY_STALE = "POLICY_STALE"
+    TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
+    HANDSHAKE_TIMEOUT = "HANDSHAKE_TIMEOUT"
+    NO_CREDENTIALS = "NO_CREDENTIALS"
+    CALLER_NOT_LOCAL = "CALLER_NOT_LOCAL"
+    CONNECTION_LIMIT = "CONNECTION_LIMIT"
+    DESTINATION_UNKNOWN = "DESTINATION_UNKNOWN"
+    UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
+    CONNECT_TIMEOUT = "CONNECT_TIMEOUT"
+    # --- close reasons of connections that were allowed ---
+    CLOSED = "CLOSED"
+    IDLE_TIMEOUT = "IDLE_TIMEOUT"
+    PEER_RESET = "PEER_RESET"
+    UPSTREAM_RESET = "UPSTREAM_RESET"
+    DRAINED = "DRAINED"
+    CREDENTIALS_EXPIRED = "CREDENTIALS_EXPIRED"
 
     @property
     def info(self) -> ReasonInfo:
@@ -275,6 +298,130 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.STATE,
             500,
             "The audit log's hash chain is broken: entries were edited, removed or reordered.",
+        ),
+        _r(
+            Reason.PEER_NOT_AUTHORIZED,
+            Stage.DATA_PLANE,
+            403,
+            "The caller's service is not in services.<callee>.allowed_callers; add it there and apply the policy "
+            "if the call is legitimate.",
+        ),
+        _r(
+            Reason.PEER_IDENTITY_MISMATCH,
+            Stage.DATA_PLANE,
+            403,
+            "The server presented a mesh certificate for another service than the destination: a misrouted "
+            "or impersonating endpoint. Check the service registry addresses.",
+        ),
+        _r(
+            Reason.PEER_CERT_MISSING,
+            Stage.DATA_PLANE,
+            403,
+            "The peer sent no client certificate; mesh traffic must come from a sidecar.",
+        ),
+        _r(
+            Reason.PEER_CERT_UNTRUSTED,
+            Stage.DATA_PLANE,
+            403,
+            "The peer's certificate does not chain to this trust domain's mesh CA.",
+        ),
+        _r(
+            Reason.PEER_CERT_EXPIRED,
+            Stage.DATA_PLANE,
+            403,
+            "The peer's certificate expired: its sidecar failed to renew (is its CAS reachable?).",
+        ),
+        _r(
+            Reason.PEER_REVOKED,
+            Stage.DATA_PLANE,
+            403,
+            "The peer's instance, service or platform was revoked at the CAS.",
+        ),
+        _r(
+            Reason.POLICY_STALE,
+            Stage.DATA_PLANE,
+            403,
+            "The peer's certificate was minted under an older certificate epoch than the policy's "
+            "certificates.min_epoch; the peer must re-attest.",
+        ),
+        _r(
+            Reason.TLS_HANDSHAKE_FAILED,
+            Stage.DATA_PLANE,
+            403,
+            "The TLS handshake failed (protocol version, cipher or garbage bytes); the detail names OpenSSL's reason.",
+        ),
+        _r(
+            Reason.HANDSHAKE_TIMEOUT,
+            Stage.DATA_PLANE,
+            408,
+            "The peer did not complete the TLS handshake within limits.handshake_timeout.",
+        ),
+        _r(
+            Reason.NO_CREDENTIALS,
+            Stage.DATA_PLANE,
+            503,
+            "The sidecar holds no valid certificate (not attested yet, or expired while the CAS was unreachable).",
+        ),
+        _r(
+            Reason.CALLER_NOT_LOCAL,
+            Stage.DATA_PLANE,
+            403,
+            "Outbound listeners accept local callers only (loopback, or a unix socket uid in allowed_uids).",
+        ),
+        _r(
+            Reason.CONNECTION_LIMIT,
+            Stage.DATA_PLANE,
+            503,
+            "The sidecar is at limits.max_connections; raise it or add capacity.",
+        ),
+        _r(
+            Reason.DESTINATION_UNKNOWN,
+            Stage.DATA_PLANE,
+            502,
+            "The destination service has no address in the service registry or the sidecar config.",
+        ),
+        _r(
+            Reason.UPSTREAM_UNREACHABLE,
+            Stage.DATA_PLANE,
+            502,
+            "The upstream (local service or peer sidecar) refused or reset the connection; check that it is running.",
+        ),
+        _r(
+            Reason.CONNECT_TIMEOUT,
+            Stage.DATA_PLANE,
+            504,
+            "The upstream did not accept the connection within limits.connect_timeout.",
+        ),
+        _r(Reason.CLOSED, Stage.DATA_PLANE, 200, "Both sides finished normally."),
+        _r(
+            Reason.IDLE_TIMEOUT,
+            Stage.DATA_PLANE,
+            200,
+            "No byte moved in either direction for limits.idle_timeout.",
+        ),
+        _r(
+            Reason.PEER_RESET,
+            Stage.DATA_PLANE,
+            200,
+            "The downstream side reset or aborted the connection.",
+        ),
+        _r(
+            Reason.UPSTREAM_RESET,
+            Stage.DATA_PLANE,
+            200,
+            "The upstream side reset or aborted the connection.",
+        ),
+        _r(
+            Reason.DRAINED,
+            Stage.DATA_PLANE,
+            200,
+            "The sidecar shut down and closed the connection after limits.drain_timeout.",
+        ),
+        _r(
+            Reason.CREDENTIALS_EXPIRED,
+            Stage.DATA_PLANE,
+            200,
+            "The sidecar's own certificate expired while the connection was open; it fails closed.",
         ),
     ]
 )

@@ -114,6 +114,7 @@ async def test_good_workload_gets_mesh_certificate_bound_to_its_key(domain: Doma
     claims = attestation_claims_of(leaf)
     assert claims is not None
     assert (claims.measurement, claims.policy_version, claims.epoch) == (ORDERS_M, 1, 2)
+    assert claims.platform_id == "p-good"
     leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(domain.ca_pem))
     assert creds.trust_bundle_pem.strip() == domain.ca_pem.strip()
     # the caller's slice of policy: who may call it, whom it may call, the registry
@@ -492,3 +493,5 @@ async def test_wrong_method_is_refused_with_a_reason(domain: Domain) -> None:
         assert (status, body["error"]["reason"]) == (405, "METHOD_NOT_ALLOWED")  # type: ignore[index]
         status, body = await _raw(domain, "GET", "/healthz")
         assert (status, body["status"]) == (200, "ok")
+        status, body = await _raw(domain, "GET", "/readyz")
+        assert (status, body["trust_domain"]) == (200, TD)

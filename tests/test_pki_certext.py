@@ -192,14 +192,17 @@ def test_claims_decoders_raise_only_value_error_on_garbage(data: bytes) -> None:
 
 
 def test_attestation_claims_decoder_refuses_wrong_shapes() -> None:
-    assert decode_attestation_claims(encode_der_sequence([b"\x00" * 32, 1, 2])).epoch == 2
+    good = decode_attestation_claims(encode_der_sequence([b"\x00" * 32, 1, 2, "p1"]))
+    assert (good.epoch, good.platform_id) == (2, "p1")
     shapes: list[list[DerValue]] = [
-        [b"\x00" * 31, 1, 2],  # short digest
-        [b"\x00" * 32, 1],  # missing epoch
-        [b"\x00" * 32, 1, 2, 3],  # extra element
-        [b"\x00" * 32, -1, 2],  # negative version
-        [b"\x00" * 32, 1, 2**63],  # out of range
-        ["00" * 32, 1, 2],  # digest as text
+        [b"\x00" * 31, 1, 2, "p1"],  # short digest
+        [b"\x00" * 32, 1, 2],  # missing platform id
+        [b"\x00" * 32, 1, 2, 3],  # platform id as integer
+        [b"\x00" * 32, 1, 2, "p1", 3],  # extra element
+        [b"\x00" * 32, -1, 2, "p1"],  # negative version
+        [b"\x00" * 32, 1, 2**63, "p1"],  # out of range
+        ["00" * 32, 1, 2, "p1"],  # digest as text
+        [b"\x00" * 32, 1, 2, "p" * 256],  # platform id too long
     ]
     for items in shapes:
         with pytest.raises(ValueError):

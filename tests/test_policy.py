@@ -304,11 +304,17 @@ def test_slice_for_gives_a_sidecar_its_part_of_the_policy() -> None:
             "frontend": {
                 "addresses": ["10.0.0.1:7001"],
                 "identity": "spiffe://prod.example.org/svc/frontend",
+                "authorization": "enforce",
             },
-            "legacy": {"addresses": [], "identity": "spiffe://prod.example.org/svc/legacy"},
+            "legacy": {
+                "addresses": [],
+                "identity": "spiffe://prod.example.org/svc/legacy",
+                "authorization": "enforce",
+            },
             "orders": {
                 "addresses": ["10.0.0.2:7002", "[::1]:7002"],
                 "identity": "spiffe://prod.example.org/svc/orders",
+                "authorization": "audit",
             },
         },
         "native_services": {"billing": {"address": "billing.internal:9000", "waf": False}},

@@ -15,7 +15,7 @@ def test_every_reason_has_info_and_codes_are_upper_snake_case() -> None:
     for r, info in REASONS.items():
         assert info.code == r.value
         assert re.fullmatch(r"[A-Z][A-Z0-9_]+", info.code)
-        assert info.hint.endswith(".") and "\n" not in info.hint
+        assert info.hint.endswith((".", "?")) and "\n" not in info.hint
         assert 200 <= info.http_status < 600
 
 

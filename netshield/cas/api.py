@@ -250,7 +250,13 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 async def handle_readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    return web.json_response({"status": "ready", "policy": _policy_head(service)})
+    return web.json_response(
+        {
+            "status": "ready",
+            "trust_domain": service.policy.trust_domain,
+            "policy": _policy_head(service),
+        }
+    )
 
 
 # --- admin endpoints ---------------------------------------------------------------------------

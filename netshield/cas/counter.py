@@ -110,7 +110,7 @@ class MonotonicCounter:
         raise StateError(
             f"the monotonic counter {self.path} is not a {COUNTER_FORMAT} file",
             hint=_UNREADABLE_HINT,
-                reason=Reason.STATE_UNAVAILABLE,
+            reason=Reason.STATE_UNAVAILABLE,
         )
 
     def advance(self, value: CounterValue) -> None:

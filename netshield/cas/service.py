@@ -220,7 +220,10 @@ class CasService:
             now=now,
             lifetime=policy.certificates.lifetime,
             claims=AttestationClaims(
-                measurement=body.measurement, policy_version=version, epoch=epoch
+                measurement=body.measurement,
+                policy_version=version,
+                epoch=epoch,
+                platform_id=verified.platform_id,
             ),
         )
         self.store.record_issued(

@@ -536,7 +536,9 @@ class CasStore:
             problem = _counter_problem(db_path, self.counter_path, entries, value)
             if problem:
                 raise _state_error(
-                    problem, hint=Reason.STATE_ROLLED_BACK.info.hint, reason=Reason.STATE_ROLLED_BACK
+                    problem,
+                    hint=Reason.STATE_ROLLED_BACK.info.hint,
+                    reason=Reason.STATE_ROLLED_BACK,
                 )
         mismatches = _rows_problems(conn, entries)
         if mismatches:

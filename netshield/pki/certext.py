@@ -11,7 +11,8 @@ ASN.1 (both extensions are non-critical):
     AttestationClaims ::= SEQUENCE {
         measurement    OCTET STRING (SIZE (32)),   -- SHA-256 workload measurement
         policyVersion  INTEGER (0..2^63-1),        -- policy version the CAS appraised against
-        epoch          INTEGER (0..2^63-1) }       -- the policy's certificate epoch
+        epoch          INTEGER (0..2^63-1),        -- the policy's certificate epoch
+        platformId     UTF8String (SIZE (0..255)) } -- the attested platform ("" if unknown)
 
     -- netshield platform claims, in every simulated platform certificate
     PlatformClaims ::= SEQUENCE {
@@ -165,12 +166,17 @@ class AttestationClaims:
     measurement: str  # lower-case 64-hex SHA-256
     policy_version: int
     epoch: int
+    platform_id: str = ""  # the attested platform; "" when unknown (sidecars then match by serial)
 
     def __post_init__(self) -> None:
         if not isinstance(self.measurement, str) or not _HEX64.fullmatch(self.measurement):
             raise ValueError("measurement must be a lower-case 64-hex SHA-256 digest")
         _check_int("policy_version", self.policy_version)
         _check_int("epoch", self.epoch)
+        if not isinstance(self.platform_id, str) or len(self.platform_id) > MAX_PLATFORM_ID_CHARS:
+            raise ValueError(
+                f"platform_id must be a string of at most {MAX_PLATFORM_ID_CHARS} characters"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +197,7 @@ class PlatformClaims:
 def encode_attestation_claims(claims: AttestationClaims) -> bytes:
     """The DER encoding of `claims`."""
     return encode_der_sequence(
-        [bytes.fromhex(claims.measurement), claims.policy_version, claims.epoch]
+        [bytes.fromhex(claims.measurement), claims.policy_version, claims.epoch, claims.platform_id]
     )
 
 
@@ -199,8 +205,10 @@ def decode_attestation_claims(data: bytes) -> AttestationClaims:
     """Parse the DER of an AttestationClaims; `ValueError` on anything else."""
     items = decode_der_sequence(data)
     match items:
-        case [bytes() as digest, int() as policy_version, int() as epoch] if len(digest) == 32:
-            return AttestationClaims(digest.hex(), policy_version, epoch)
+        case [bytes() as digest, int() as policy_version, int() as epoch, str() as platform_id] if (
+            len(digest) == 32
+        ):
+            return AttestationClaims(digest.hex(), policy_version, epoch, platform_id)
     raise ValueError("not a netshield AttestationClaims SEQUENCE")
 
 

@@ -1,0 +1,432 @@
+"""The sidecar agent: attest, keep credentials fresh, and follow the CAS's revocation feed.
+
+Responsibility: one long-running `run()` that owns two tasks. The renewal task attests at start
+(retrying with capped exponential backoff until it succeeds), installs the resulting TLS
+contexts in the `CredentialHolder`, sleeps until about half the certificate's lifetime, and
+attests again — a fresh nonce and a fresh key every time. The feed task long-polls the CAS feed
+(reconnecting with backoff), folds its events into `RevocationState`, tells subscribers about
+revocations and epoch raises, and asks the renewal task for an immediate re-attestation when the
+CAS's `min_epoch` (or policy version) is above the current certificate's, or when the current
+certificate itself is revoked.
+Guarantees: a failed renewal never replaces still-valid credentials; once they expire the holder
+answers None (fail closed) without any action here. Both tasks belong to a task group inside
+`run()`; cancelling `run()` cancels them and closes the CAS client, and CancelledError is never
+swallowed. Every network wait has a timeout; every sleep re-reads the injected clock at least
+every `max_sleep` seconds. Private keys never reach logs, `repr` or `status()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from netshield.agent.attest import Workload, attest
+from netshield.agent.credentials import CredentialHolder
+from netshield.agent.revocations import REVOKE, RevocationState
+from netshield.agent.rotation import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP,
+    DEFAULT_FRACTION,
+    DEFAULT_JITTER,
+    backoff,
+    renew_at,
+)
+from netshield.attestation.platform import Platform
+from netshield.casclient import CasClient, CasUnreachable
+from netshield.errors import NetshieldError
+from netshield.identity import SpiffeId
+from netshield.tls.contexts import TlsContexts, build_contexts
+from netshield.tls.credentials import MeshCredentials
+from netshield.tls.material import cas_client_context
+
+log = logging.getLogger("netshield.agent")
+
+Clock = Callable[[], datetime]
+Rand = Callable[[], float]
+RevocationListener = Callable[[Mapping[str, Any]], None]
+EpochListener = Callable[[int], None]
+
+FEED_WAIT = 25  # seconds a feed long-poll may wait on the CAS
+FEED_GRACE = 15.0  # extra seconds before a long-poll counts as hung
+REQUEST_TIMEOUT = 10.0
+ATTEST_TIMEOUT = 30.0
+MAX_SLEEP = 5.0
+MIN_RENEW_DELAY = timedelta(seconds=1)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Agent:
+    """Attests a workload to the CAS and keeps its mesh credentials and revocation view current."""
+
+    def __init__(
+        self,
+        cas_url: str,
+        cas_ca_pem: bytes,
+        platform: Platform,
+        workload: Workload,
+        trust_domain: str,
+        holder: CredentialHolder,
+        revocations: RevocationState,
+        *,
+        clock: Clock = utc_now,
+        rand: Rand | None = None,
+        min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+        fraction: float = DEFAULT_FRACTION,
+        jitter: float = DEFAULT_JITTER,
+        backoff_base: timedelta = DEFAULT_BACKOFF_BASE,
+        backoff_cap: timedelta = DEFAULT_BACKOFF_CAP,
+        min_renew_delay: timedelta = MIN_RENEW_DELAY,
+        feed_wait: int = FEED_WAIT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        attest_timeout: float = ATTEST_TIMEOUT,
+        max_sleep: float = MAX_SLEEP,
+    ) -> None:
+        now = clock()
+        # validate the timing knobs once, here, rather than on the first renewal
+        renew_at(now, now + timedelta(minutes=1), fraction=fraction, jitter=jitter, rand=0.5)
+        backoff(0, base=backoff_base, cap=backoff_cap, rand=0.5)
+        if feed_wait < 0 or request_timeout <= 0 or attest_timeout <= 0 or max_sleep <= 0:
+            raise ValueError("feed_wait must be >= 0 and the timeouts and max_sleep > 0")
+        self.cas_url = cas_url
+        self._cas_ca_pem = cas_ca_pem
+        self._platform = platform
+        self._workload = workload
+        self._spiffe_id = SpiffeId.for_service(trust_domain, workload.service)
+        self._trust_domain = trust_domain
+        self.holder = holder
+        self.revocations = revocations
+        self._clock = clock
+        self._rand: Rand = rand if rand is not None else random.SystemRandom().random
+        self._min_version = min_version
+        self._fraction, self._jitter = fraction, jitter
+        self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
+        self._min_renew_delay = min_renew_delay
+        self._feed_wait = feed_wait
+        self._request_timeout = request_timeout
+        self._attest_timeout = attest_timeout
+        self._max_sleep = max_sleep
+        # counters for metrics: plain ints
+        self.attestations = 0  # successful attestations, the first one included
+        self.renewals = 0  # successful attestations after the first
+        self.renewal_failures = 0  # failed attestation attempts, the first ones included
+        self.cas_reachable = False
+        self.last_renewal: datetime | None = None
+        self.last_error: str | None = None
+        self.next_renewal: datetime | None = None
+        self.feed_position = 0
+        self.synced = asyncio.Event()  # set once the first feed answer has been applied
+        self._wake = asyncio.Event()
+        self._reattest_reason: str | None = None
+        self._in_backoff = False  # the renewal task waits to retry a failed attestation
+        self._feed_min_epoch: int | None = None  # as the last feed answer reported it
+        self._requested_epoch = 0
+        self._requested_version = 0
+        self._expired_reported: int | None = None
+        self._revocation_listeners: list[RevocationListener] = []
+        self._epoch_listeners: list[EpochListener] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"Agent(spiffe_id={self._spiffe_id}, cas_url={self.cas_url!r}, holder={self.holder!r})"
+        )
+
+    # --- subscriptions -----------------------------------------------------------------------
+    def on_revocation(self, listener: RevocationListener) -> Callable[[], None]:
+        """Call `listener(event)` for every revoke event; returns a function that unsubscribes."""
+        self._revocation_listeners.append(listener)
+        return lambda: self._revocation_listeners.remove(listener)
+
+    def on_epoch(self, listener: EpochListener) -> Callable[[], None]:
+        """Call `listener(min_epoch)` when the feed reports a raised minimum epoch.
+
+        Not called for the first feed answer (that is the starting point, not a change).
+        """
+        self._epoch_listeners.append(listener)
+        return lambda: self._epoch_listeners.remove(listener)
+
+    def request_reattestation(self, why: str) -> None:
+        """Wake the renewal task: attest again now (also cuts a retry backoff short)."""
+        self._reattest_reason = why
+        self._wake.set()
+
+    # --- the long-running part ---------------------------------------------------------------
+    async def run(self) -> None:
+        """Attest, renew and follow the feed until cancelled."""
+        ctx = cas_client_context(ca_pem=self._cas_ca_pem)
+        async with (
+            CasClient(self.cas_url, ssl_context=ctx, timeout=self._request_timeout) as cas,
+            asyncio.TaskGroup() as tasks,
+        ):
+            tasks.create_task(self._renewal_loop(cas), name=f"agent-renewal {self._spiffe_id}")
+            tasks.create_task(self._feed_loop(cas), name=f"agent-feed {self._spiffe_id}")
+
+    async def _renewal_loop(self, cas: CasClient) -> None:
+        failures = 0
+        while True:
+            reason = self._reattest_reason or ("renewal" if self.attestations else "startup")
+            self._reattest_reason = None
+            self._wake.clear()
+            try:
+                contexts = await self._attest_once(cas)
+                self.holder.install(contexts)
+            except Exception as err:  # every failure is retried; CancelledError is not an Exception
+                failures += 1
+                delay = backoff(
+                    failures - 1, base=self._backoff_base, cap=self._backoff_cap, rand=self._rand()
+                )
+                self._record_failure(err, reason, delay)
+                self._in_backoff = True
+                try:
+                    await self._sleep_until(self._clock() + delay)
+                finally:
+                    self._in_backoff = False
+                continue
+            failures = 0
+            await self._sleep_until(self._record_success(contexts.credentials, reason))
+
+    async def _attest_once(self, cas: CasClient) -> TlsContexts:
+        try:
+            async with asyncio.timeout(self._attest_timeout):
+                got = await attest(
+                    cas, self._platform, self._workload, trust_domain=self._trust_domain
+                )
+        except TimeoutError:
+            raise CasUnreachable(
+                f"attestation at {self.cas_url} took longer than {self._attest_timeout:g} s"
+            ) from None
+        creds = MeshCredentials.from_attestation(got.credentials, got.key)
+        if creds.spiffe_id != self._spiffe_id:
+            raise NetshieldError(
+                f"the CAS issued a certificate for {creds.spiffe_id}, expected {self._spiffe_id}"
+            )
+        return build_contexts(creds, min_version=self._min_version)
+
+    def _record_success(self, creds: MeshCredentials, reason: str) -> datetime:
+        """Count and log a successful attestation; returns when to renew."""
+        now = self._clock()
+        if self.attestations:
+            self.renewals += 1
+        self.attestations += 1
+        self.cas_reachable = True
+        self.last_renewal = now
+        self.last_error = None
+        self._expired_reported = None
+        if creds.epoch > self.revocations.min_epoch:
+            self.revocations.set_min_epoch(creds.epoch)  # the CAS issues at its current min_epoch
+        start = max(creds.not_before, now)
+        at = renew_at(
+            start, creds.not_after, fraction=self._fraction, jitter=self._jitter, rand=self._rand()
+        )
+        self.next_renewal = next_renewal = max(at, now + self._min_renew_delay)
+        log.info(
+            "attested (%s): %s serial=%x epoch=%d policy_version=%d not_after=%s renew_at=%s",
+            reason,
+            creds.spiffe_id,
+            creds.serial,
+            creds.epoch,
+            creds.policy_version,
+            creds.not_after.isoformat(),
+            next_renewal.isoformat(),
+        )
+        return next_renewal
+
+    def _record_failure(self, err: Exception, reason: str, delay: timedelta) -> None:
+        self.renewal_failures += 1
+        if isinstance(err, CasUnreachable):
+            self.cas_reachable = False
+        message = str(err) if isinstance(err, NetshieldError | ValueError) else repr(err)
+        self.last_error = message
+        creds = self.holder.credentials
+        now = self._clock()
+        if creds is not None and not creds.expired(now):
+            keeping = (
+                f"keeping certificate {creds.serial:x} valid until {creds.not_after.isoformat()}"
+            )
+        else:
+            keeping = "no valid certificate: failing closed"
+            if creds is not None and self._expired_reported != creds.serial:
+                self._expired_reported = creds.serial
+                log.error(
+                    "certificate %x expired at %s without a renewal: failing closed",
+                    creds.serial,
+                    creds.not_after.isoformat(),
+                )
+        if not isinstance(err, NetshieldError | ValueError):
+            log.error("attestation (%s) failed unexpectedly", reason, exc_info=err)
+        log.warning(
+            "attestation (%s) failed: %s; %s; retry in %.1f s",
+            reason,
+            message,
+            keeping,
+            delay.total_seconds(),
+        )
+
+    async def _sleep_until(self, deadline: datetime) -> None:
+        """Sleep until `deadline` on the injected clock, or until woken."""
+        while not self._wake.is_set():
+            remaining = (deadline - self._clock()).total_seconds()
+            if remaining <= 0:
+                return
+            try:
+                async with asyncio.timeout(min(remaining, self._max_sleep)):
+                    await self._wake.wait()
+            except TimeoutError:
+                continue
+
+    # --- the feed ----------------------------------------------------------------------------
+    async def _feed_loop(self, cas: CasClient) -> None:
+        failures = 0
+        while True:
+            wait = self._feed_wait if self.synced.is_set() else 0
+            try:
+                async with asyncio.timeout(wait + self._request_timeout + FEED_GRACE):
+                    answer = await cas.feed(self.feed_position, wait=wait)
+                events, head, policy = parse_feed_answer(answer)
+            except Exception as err:  # CasUnreachable, CasRefused, a malformed answer, a timeout
+                failures += 1
+                delay = backoff(
+                    failures - 1, base=self._backoff_base, cap=self._backoff_cap, rand=self._rand()
+                )
+                if failures == 1 or self.cas_reachable:
+                    log.warning(
+                        "CAS feed at %s: %s; reconnecting in %.1f s",
+                        self.cas_url,
+                        str(err) or type(err).__name__,
+                        delay.total_seconds(),
+                    )
+                self.cas_reachable = False
+                await asyncio.sleep(delay.total_seconds())
+                continue
+            if failures:
+                log.info("CAS feed at %s reachable again", self.cas_url)
+                if self._in_backoff:  # cut the renewal's retry wait short
+                    self.request_reattestation("CAS reachable again")
+            failures = 0
+            self.cas_reachable = True
+            for event in events:
+                self._on_event(event)
+            self.feed_position = max(self.feed_position, head)
+            self._on_policy_head(policy)
+            self.synced.set()
+
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        try:
+            self.revocations.apply(event)
+        except ValueError as err:
+            log.error("ignoring a malformed feed event (seq %r): %s", event.get("seq"), err)
+            return
+        if event.get("type") != REVOKE:
+            return
+        log.warning(
+            "revocation seq=%s: %s %s (%s)",
+            event.get("seq"),
+            event.get("kind"),
+            event.get("target"),
+            event.get("note") or "no note",
+        )
+        for listener in list(self._revocation_listeners):
+            _call(listener, event, "revocation")
+        creds = self.holder.credentials
+        if creds is not None and self.revocations.revoked(
+            serial=creds.serial,
+            service=creds.spiffe_id.service,
+            platform_id=self._platform.platform_id,
+        ):
+            log.error(
+                "this sidecar's certificate %x is revoked (%s %s): dropping it and re-attesting",
+                creds.serial,
+                event.get("kind"),
+                event.get("target"),
+            )
+            self.holder.discard(f"certificate {creds.serial:x} revoked by the CAS")
+            self.request_reattestation("own certificate revoked")
+
+    def _on_policy_head(self, policy: Mapping[str, Any]) -> None:
+        min_epoch, version = policy["min_epoch"], policy["version"]
+        previous, self._feed_min_epoch = self._feed_min_epoch, min_epoch
+        self.revocations.set_min_epoch(min_epoch)
+        if previous is not None and min_epoch > previous:
+            log.warning("CAS minimum epoch raised to %d (was %d)", min_epoch, previous)
+            for listener in list(self._epoch_listeners):
+                _call(listener, min_epoch, "epoch")
+        creds = self.holder.credentials
+        if creds is None:
+            return
+        if min_epoch > creds.epoch and min_epoch > self._requested_epoch:
+            self._requested_epoch = min_epoch
+            self.request_reattestation(f"minimum epoch raised to {min_epoch}")
+        elif version > creds.policy_version and version > self._requested_version:
+            self._requested_version = version
+            self.request_reattestation(f"policy version {version}")
+
+    # --- reporting ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The agent's state for `/status` and `netshield status` (no key material)."""
+        now = self._clock()
+        creds = self.holder.credentials
+        state = self.holder.state(now)
+        return {
+            "spiffe_id": str(creds.spiffe_id) if creds else None,
+            "serial": format(creds.serial, "x") if creds else None,
+            "not_after": creds.not_after.isoformat() if creds else None,
+            "seconds_to_expiry": (
+                round(max(0.0, (creds.not_after - now).total_seconds()), 3) if creds else 0.0
+            ),
+            "valid": state.ready,
+            "detail": state.detail,
+            "cas_reachable": self.cas_reachable,
+            "last_renewal": self.last_renewal.isoformat() if self.last_renewal else None,
+            "next_renewal": self.next_renewal.isoformat() if self.next_renewal else None,
+            "last_error": self.last_error,
+            "renewals": self.renewals,
+            "renewal_failures": self.renewal_failures,
+            "epoch": creds.epoch if creds else None,
+            "policy_version": creds.policy_version if creds else None,
+            "min_epoch": self.revocations.min_epoch,
+            "feed_position": self.feed_position,
+            "revocations_synced": self.synced.is_set(),
+        }
+
+
+def _call(listener: Callable[[Any], None], arg: Any, what: str) -> None:
+    """Run one subscriber; a failing subscriber is logged and does not stop the feed."""
+    try:
+        listener(arg)
+    except Exception:
+        log.exception("%s subscriber %r failed", what, listener)
+
+
+def _nonneg_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"CAS feed answer: {what} is not a non-negative integer: {value!r}")
+    return value
+
+
+def parse_feed_answer(
+    answer: object,
+) -> tuple[list[Mapping[str, Any]], int, dict[str, int]]:
+    """Check the shape of a feed answer; ValueError names what is wrong."""
+    if not isinstance(answer, dict):
+        raise ValueError("CAS feed answer is not a JSON object")
+    events, policy = answer.get("events"), answer.get("policy")
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise ValueError("CAS feed answer: events is not a list of objects")
+    if not isinstance(policy, dict):
+        raise ValueError("CAS feed answer: policy is not an object")
+    head = _nonneg_int(answer.get("next"), "next")
+    return (
+        events,
+        head,
+        {
+            "version": _nonneg_int(policy.get("version"), "policy.version"),
+            "min_epoch": _nonneg_int(policy.get("min_epoch"), "policy.min_epoch"),
+        },
+    )

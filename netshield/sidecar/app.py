@@ -1,0 +1,360 @@
+"""`netshield sidecar --config FILE`: compose a sidecar and run it until SIGTERM.
+
+Start-up: validate the config, load the platform, measure the workload, start the admin listener,
+learn the trust domain from the CAS, attest (retrying until the CAS answers), then bind the inbound
+and outbound listeners and print one JSON ready line. Running: the agent renews and follows
+revocations; revoked or stale peers are cut off; if the sidecar's own certificate expires, live
+connections are closed and new ones refused (fail closed). SIGHUP reloads the config (the old one
+stays on any problem); SIGTERM drains: stop accepting, let live connections finish up to
+limits.drain_timeout, close the rest, flush the records, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from netshield.agent.agent import Agent
+from netshield.agent.attest import Workload
+from netshield.agent.credentials import CredentialHolder
+from netshield.agent.revocations import RevocationState
+from netshield.agent.rotation import backoff
+from netshield.attestation.measurement import measure
+from netshield.attestation.platform import load_platform
+from netshield.casclient import CasClient, CasUnreachable
+from netshield.errors import ConfigError, NetshieldError
+from netshield.net.listeners import accept_loop, bind_tcp, bind_unix, bound_address
+from netshield.reasons import Reason
+from netshield.recordlog import RecordSink
+from netshield.sidecar.admin import AdminProviders, AdminServer
+from netshield.sidecar.config import OutboundConfig, SidecarConfig, load_sidecar_config
+from netshield.sidecar.flows import inbound_flow, outbound_flow
+from netshield.sidecar.livetable import ConnectionTable
+from netshield.sidecar.metrics import SidecarMetrics
+from netshield.sidecar.runtime import Runtime
+from netshield.tls.material import cas_client_context
+
+log = logging.getLogger("netshield.sidecar")
+
+HOUSEKEEPING_SECONDS = 1.0
+RESTART_ONLY = ("service", "cas", "platform", "workload", "admin", "records")
+
+
+@dataclass
+class Listeners:
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for sock in self.sockets.values():
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+async def discover_trust_domain(config: SidecarConfig, stop: asyncio.Event) -> str | None:
+    """Ask the CAS which trust domain it serves (retrying with backoff); None if stopped first."""
+    ctx = cas_client_context(ca_pem=config.cas.ca.read_bytes())
+    attempt = 0
+    while not stop.is_set():
+        try:
+            async with CasClient(config.cas.url, ssl_context=ctx, timeout=10) as cas:
+                ready = await cas.ready()
+            return str(ready["trust_domain"])
+        except (CasUnreachable, KeyError, NetshieldError) as err:
+            delay = backoff(attempt, rand=0.5).total_seconds()
+            attempt += 1
+            log.warning(
+                "CAS %s not reachable yet (%s); retrying in %.1f s", config.cas.url, err, delay
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    return None
+
+
+def bind_listeners(rt: Runtime, config: SidecarConfig) -> Listeners:
+    listeners = Listeners()
+    try:
+        if config.inbound is not None:
+            inbound = config.inbound
+            sock = bind_tcp(inbound.listen, what="inbound.listen")
+            listeners.sockets["inbound"] = sock
+            listeners.tasks.append(
+                asyncio.create_task(
+                    accept_loop(sock, lambda s: rt.spawn(inbound_flow(rt, s, inbound)))
+                )
+            )
+        for index, out in enumerate(config.outbound):
+            name = f"outbound:{out.service}"
+            n = 2
+            base = name
+            while name in listeners.sockets:  # several listeners for one destination
+                name = f"{base}#{n}"
+                n += 1
+            if out.unix is not None:
+                sock = bind_unix(out.unix, what=name)
+            else:
+                assert out.listen is not None
+                sock = bind_tcp(out.listen, what=name)
+            listeners.sockets[name] = sock
+            listeners.tasks.append(
+                asyncio.create_task(accept_loop(sock, _outbound_acceptor(rt, index, out)))
+            )
+    except BaseException:
+        listeners.close()
+        raise
+    return listeners
+
+
+def _outbound_acceptor(
+    rt: Runtime, index: int, out: OutboundConfig
+) -> Callable[[socket.socket], None]:
+    return lambda sock: rt.spawn(outbound_flow(rt, sock, index, out))
+
+
+def reload_config(rt: Runtime, path: Path) -> None:
+    """SIGHUP: validate, then swap what can change live; keep the old config on any problem."""
+    try:
+        new = load_sidecar_config(path)
+    except (ConfigError, NetshieldError, OSError) as err:
+        log.error("SIGHUP: kept the old configuration: %s", err)
+        return
+    old = rt.config
+    restart = [name for name in RESTART_ONLY if getattr(new, name) != getattr(old, name)]
+    if (new.inbound is None) != (old.inbound is None) or (
+        new.inbound and old.inbound and new.inbound.listen != old.inbound.listen
+    ):
+        restart.append("inbound.listen")
+    if [o.listener for o in new.outbound] != [o.listener for o in old.outbound]:
+        restart.append("outbound listeners")
+    if restart:
+        log.error(
+            "SIGHUP: kept the old configuration: changing %s needs a restart", ", ".join(restart)
+        )
+        return
+    rt.config = new
+    rt.table.limit = new.limits.max_connections
+    log.warning(
+        "SIGHUP: reloaded configuration from %s (limits, inbound.upstream, outbound addresses)",
+        path,
+    )
+
+
+async def run_sidecar(
+    config_path: Path, *, out: TextIO | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT (or until `stop` is set, for embedding: then no signal handlers)."""
+    config = load_sidecar_config(config_path)
+    platform = load_platform(config.platform)
+    measurement = measure(config.workload.path, list(config.workload.cmd))
+    workload = Workload(
+        config.service,
+        measurement,
+        config.workload.signer,
+        config.workload.product_id,
+        config.workload.svn,
+    )
+    log.info("workload %s measures %s", config.service, measurement)
+    holder = CredentialHolder()
+    revocations = RevocationState()
+    table = ConnectionTable(limit=config.limits.max_connections)
+    agent_box: list[Agent] = []
+    bound: dict[str, str] = {}
+
+    def seconds_to_expiry() -> float | None:
+        creds = holder.credentials
+        return (creds.not_after - datetime.now(UTC)).total_seconds() if creds else None
+
+    def ready() -> tuple[bool, str]:
+        state = holder.state()
+        if not state.ready:
+            return False, state.reason.value if state.reason else state.detail
+        if not agent_box or not agent_box[0].synced.is_set():
+            return False, "revocation feed not synced yet"
+        if "inbound" not in bound and not any(k.startswith("outbound") for k in bound):
+            return False, "listeners not bound yet"
+        return True, ""
+
+    metrics = SidecarMetrics(
+        seconds_to_expiry=seconds_to_expiry,
+        renewals=lambda: agent_box[0].renewals if agent_box else 0,
+        renewal_failures=lambda: agent_box[0].renewal_failures if agent_box else 0,
+        ready=lambda: ready()[0],
+    )
+    sink = RecordSink(config.records.file, stdout=config.records.stdout)
+    rt = Runtime(
+        config=config,
+        holder=holder,
+        revocations=revocations,
+        table=table,
+        sink=sink,
+        metrics=metrics,
+    )
+
+    def identity() -> dict[str, Any] | None:
+        creds = holder.credentials
+        if creds is None or holder.current() is None:
+            return None
+        return {
+            "spiffe_id": str(creds.spiffe_id),
+            "serial": format(creds.serial, "x"),
+            "not_after": creds.not_after.isoformat(),
+            "measurement": creds.measurement,
+            "epoch": creds.epoch,
+            "policy_version": creds.policy_version,
+        }
+
+    def status() -> dict[str, Any]:
+        agent_status = agent_box[0].status() if agent_box else {}
+        return {
+            "service": rt.config.service,
+            "agent": agent_status,
+            "listen": bound,
+            "connections": table.count(),
+            "records_written": sink.written,
+        }
+
+    providers = AdminProviders(
+        ready=ready,
+        metrics=metrics.render,
+        connections=table.snapshot,
+        identity=identity,
+        status=status,
+    )
+    loop = asyncio.get_running_loop()
+    signals = stop is None
+    stop = stop or asyncio.Event()
+    if signals:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(rt, config_path))
+    admin: AdminServer | None = None
+    listeners: Listeners | None = None
+    agent_task: asyncio.Task[None] | None = None
+    housekeeping: asyncio.Task[None] | None = None
+    try:
+        try:
+            admin = await AdminServer.start(providers, config.admin.listen)
+        except OSError as err:
+            raise NetshieldError(
+                f"admin.listen {config.admin.listen}: cannot listen ({err.strerror})"
+            ) from None
+        bound["admin"] = str(admin.address)
+        trust_domain = await discover_trust_domain(config, stop)
+        if trust_domain is None:
+            return
+        min_version = (
+            ssl.TLSVersion.TLSv1_2
+            if config.inbound and config.inbound.tls_min_version == "1.2"
+            else ssl.TLSVersion.TLSv1_3
+        )
+        agent = Agent(
+            config.cas.url,
+            config.cas.ca.read_bytes(),
+            platform,
+            workload,
+            trust_domain,
+            holder,
+            revocations,
+            min_version=min_version,
+            fraction=config.renewal.fraction,
+            jitter=config.renewal.jitter,
+        )
+        agent_box.append(agent)
+        agent.on_revocation(lambda _event: _recheck(rt))
+        agent.on_epoch(lambda _epoch: _recheck(rt))
+        agent_task = asyncio.create_task(agent.run())
+        if not await _first_credentials(holder, agent, agent_task, stop):
+            return
+        listeners = bind_listeners(rt, config)
+        bound.update({name: bound_address(sock) for name, sock in listeners.sockets.items()})
+        housekeeping = asyncio.create_task(_housekeeping(rt))
+        creds = holder.credentials
+        ready_line = {
+            "event": "ready",
+            "component": "sidecar",
+            "service": config.service,
+            "spiffe_id": str(creds.spiffe_id) if creds else None,
+            "listen": bound,
+        }
+        print(json.dumps(ready_line), file=out or sys.stdout, flush=True)
+        log.info("sidecar %s ready: %s", config.service, bound)
+        await stop.wait()
+        await _drain(rt, listeners)
+    finally:
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        if listeners is not None:
+            listeners.close()
+        for task in (housekeeping, agent_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for task in list(rt.tasks):
+            task.cancel()
+        if rt.tasks:
+            await asyncio.wait(list(rt.tasks), timeout=5)
+        if admin is not None:
+            await admin.close()
+        sink.close()
+        for o in config.outbound:
+            if o.unix is not None:
+                with contextlib.suppress(OSError):
+                    o.unix.unlink()
+
+
+def _recheck(rt: Runtime) -> None:
+    closed = rt.table.recheck(rt.revocations.check)
+    if closed:
+        log.warning("closed %d live connection(s) of revoked or stale peers", closed)
+
+
+async def _first_credentials(
+    holder: CredentialHolder, agent: Agent, agent_task: asyncio.Task[None], stop: asyncio.Event
+) -> bool:
+    """Wait for the first attestation (and the first feed answer); False if stopped first."""
+    while holder.current() is None or not agent.synced.is_set():
+        if stop.is_set():
+            return False
+        if agent_task.done():
+            agent_task.result()  # surfaces the agent's error
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _housekeeping(rt: Runtime) -> None:
+    """Fail closed when the sidecar's own certificate expires."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        if rt.holder.current() is None and rt.table.count():
+            closed = rt.table.close_all(Reason.CREDENTIALS_EXPIRED)
+            log.error("own certificate expired: closed %d live connection(s)", closed)
+
+
+async def _drain(rt: Runtime, listeners: Listeners) -> None:
+    rt.stopping.set()
+    listeners.close()
+    timeout = rt.config.limits.drain_timeout.total_seconds()
+    live = rt.table.count()
+    log.warning("draining: %d live connection(s), up to %g s", live, timeout)
+    if not await rt.table.wait_empty(timeout):
+        closed = rt.table.close_all(Reason.DRAINED)
+        log.warning("drain timeout: closed %d connection(s)", closed)
+        await rt.table.wait_empty(5)
+    if rt.tasks:
+        await asyncio.wait(list(rt.tasks), timeout=5)

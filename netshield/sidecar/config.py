@@ -1,0 +1,600 @@
+"""The sidecar's configuration file: YAML checked once into frozen dataclasses.
+
+The document's shape is `SIDECAR_SPEC` (a `netshield.schema` tree); `parse_sidecar_config` adds
+the checks that span keys and builds a `SidecarConfig`. Paths are resolved against the config
+file's directory.
+
+Guarantees: `parse_sidecar_config` returns a `SidecarConfig` or raises `ConfigError` listing every
+problem by key path (unknown keys with a did-you-mean, bad values, conflicting listeners); it
+never raises anything else and never touches the file system. The safe defaults are enforced
+here, once: plaintext (outbound listeners, the inbound upstream) only on loopback, the admin
+listener on loopback unless `admin.unsafe_public: true`. `load_sidecar_config` reads a file and
+also reports files and directories that do not exist.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from netshield.errors import ConfigError, Problem
+from netshield.identity import name_problem
+from netshield.netaddr import HostPort
+from netshield.policy import POLICY_SPEC
+from netshield.schema import (
+    INVALID,
+    Bool,
+    Duration,
+    Field,
+    Int,
+    ListOf,
+    Record,
+    Spec,
+    Str,
+    describe,
+    host_port_problem,
+    load_yaml,
+    sha256_hex_problem,
+    validate,
+)
+
+TlsMinVersion = Literal["1.2", "1.3"]
+ConfigKind = Literal["policy", "sidecar"]
+
+DEFAULT_ADMIN_LISTEN = HostPort("127.0.0.1", 15000)
+UNIX_PATH_MAX = 107
+"""Longest unix socket path Linux accepts (sun_path is 108 bytes including the NUL)."""
+_U32_MAX = 2**32 - 1
+
+
+# --- the configuration's types -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CasConfig:
+    url: str
+    ca: Path  # the mesh CA certificate (PEM): bootstrap trust for the CAS's TLS
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    path: Path
+    cmd: tuple[str, ...] = ()
+    signer: str = "0" * 64
+    product_id: int = 0
+    svn: int = 0
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    listen: HostPort  # mTLS from other sidecars
+    upstream: HostPort  # the local service, plaintext: always loopback
+    tls_min_version: TlsMinVersion = "1.3"
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """One local listener for one destination service: TCP on loopback or a unix socket."""
+
+    service: str
+    listen: HostPort | None = None
+    unix: Path | None = None
+    allowed_uids: frozenset[int] = frozenset()  # unix only; empty: no uid check
+    address: HostPort | None = None  # overrides the registry's address for `service`
+
+    @property
+    def listener(self) -> str:
+        """How records and logs name this listener: ``127.0.0.1:15101`` or ``unix:/run/x.sock``."""
+        return str(self.listen) if self.listen is not None else f"unix:{self.unix}"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: HostPort = DEFAULT_ADMIN_LISTEN
+    unsafe_public: bool = False
+
+
+@dataclass(frozen=True)
+class RecordsConfig:
+    file: Path | None = None
+    stdout: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 1024
+    handshake_timeout: timedelta = timedelta(seconds=10)
+    connect_timeout: timedelta = timedelta(seconds=5)
+    idle_timeout: timedelta = timedelta(seconds=300)
+    drain_timeout: timedelta = timedelta(seconds=15)
+
+
+@dataclass(frozen=True)
+class RenewalConfig:
+    fraction: float = 0.5  # renew after this fraction of the certificate's lifetime
+    jitter: float = 0.1  # ± this fraction, so a fleet does not renew in lockstep
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    service: str
+    cas: CasConfig
+    platform: Path
+    workload: WorkloadConfig
+    inbound: InboundConfig | None = None
+    outbound: tuple[OutboundConfig, ...] = ()
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+    limits: Limits = field(default_factory=Limits)
+    renewal: RenewalConfig = field(default_factory=RenewalConfig)
+
+
+# --- specs this document needs beyond netshield.schema -------------------------------------------
+
+_LOOPBACK_WORDS = "127.0.0.1, ::1 or localhost"
+
+
+@dataclass(frozen=True)
+class _Address(Spec):
+    """``host:port`` -> HostPort; `bind` allows port 0 (the kernel picks), `plaintext` names
+    what must stay on loopback ("listeners", "upstreams")."""
+
+    expected: str = "an address (host:port)"
+    bind: bool = False
+    plaintext: str = ""
+
+    def check(self, value: object, path: str, problems: list[Problem]) -> Any:
+        if not isinstance(value, str):
+            return self._wrong_type(value, path, problems)
+        host, _, port = value.rpartition(":")
+        problem = host_port_problem(f"{host}:1" if self.bind and port == "0" else value)
+        if problem is None:
+            try:
+                address = HostPort.parse(value)
+            except ValueError as err:
+                problem = str(err)
+        if problem is not None:
+            problems.append(Problem(path, problem))
+            return INVALID
+        if self.plaintext and not address.is_loopback:
+            problems.append(
+                Problem(
+                    path,
+                    f"plaintext {self.plaintext} must be on loopback ({_LOOPBACK_WORDS}), "
+                    f"got {address}",
+                )
+            )
+            return INVALID
+        return address
+
+
+@dataclass(frozen=True)
+class _Number(Spec):
+    """A finite int or float in [low, high]; `open_low`/`open_high` exclude that bound."""
+
+    expected: str = "a number"
+    low: float = 0.0
+    high: float = 1.0
+    open_low: bool = False
+    open_high: bool = False
+
+    def check(self, value: object, path: str, problems: list[Problem]) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return self._wrong_type(value, path, problems)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        too_low = number <= self.low if self.open_low else number < self.low
+        too_high = number >= self.high if self.open_high else number > self.high
+        if math.isnan(number) or too_low or too_high:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            bounds = f"{left}{self.low:g}, {self.high:g}{right}"
+            problems.append(Problem(path, f"must be in {bounds}, got {describe(value)}"))
+            return INVALID
+        return number
+
+
+@dataclass(frozen=True)
+class _TlsVersion(Spec):
+    """A TLS version, "1.2" or "1.3"; an unquoted YAML 1.3 (a float) counts as "1.3"."""
+
+    expected: str = '"1.3" or "1.2"'
+
+    def check(self, value: object, path: str, problems: list[Problem]) -> Any:
+        if isinstance(value, float) and value in (1.2, 1.3):
+            value = str(value)
+        if value not in ("1.2", "1.3"):
+            problems.append(Problem(path, f"expected {self.expected}, got {describe(value)}"))
+            return INVALID
+        return value
+
+
+@dataclass(frozen=True)
+class _Optional(Spec):
+    """A section that may be absent: absent or null gives None instead of the section's defaults."""
+
+    inner: Spec
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return self.inner.expected
+
+    def check(self, value: object, path: str, problems: list[Problem]) -> Any:
+        return self.inner.check(value, path, problems)
+
+
+def _path_problem(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if "\x00" in value:
+        return "must not contain a NUL character"
+    return None
+
+
+def _https_url_problem(value: str) -> str | None:
+    example = "e.g. https://cas.internal:8443"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"not a URL: contains spaces or control characters ({example})"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError as err:
+        return f"not a URL ({err}; {example})"
+    if parts.scheme != "https":
+        return f"must be an https:// URL: the CAS is only reached over TLS ({example})"
+    if not parts.hostname:
+        return f"has no host ({example})"
+    return None
+
+
+def _cmd_problem(value: str) -> str | None:
+    try:
+        shlex.split(value)
+    except ValueError as err:
+        return f"not a command line ({str(err).lower()}); quote it as a shell would"
+    return None
+
+
+_PATH = Str(expected="a path", validators=(_path_problem,))
+_NAME = Str(expected="a service name", validators=(name_problem,))
+_U32 = Int(min=0, max=_U32_MAX)
+_SECOND = timedelta(seconds=1)
+
+_OUTBOUND = Record(
+    {
+        "service": Field(_NAME, required=True),
+        "listen": Field(
+            _Address(expected="a loopback address (host:port)", bind=True, plaintext="listeners")
+        ),
+        "unix": Field(_PATH),
+        "allowed_uids": Field(ListOf(Int(min=0, max=_U32_MAX - 1), expected="a list of uids")),
+        "address": Field(_Address()),
+    },
+    expected="an outbound listener (a mapping with service and listen or unix)",
+)
+
+SIDECAR_SPEC = Record(
+    {
+        "service": Field(_NAME, required=True),
+        "cas": Field(
+            Record(
+                {
+                    "url": Field(
+                        Str(expected="an https URL", validators=(_https_url_problem,)),
+                        required=True,
+                    ),
+                    "ca": Field(_PATH, required=True),
+                },
+                expected="the CAS to attest at (a mapping with url and ca)",
+            ),
+            required=True,
+        ),
+        "platform": Field(_PATH, required=True),
+        "workload": Field(
+            Record(
+                {
+                    "path": Field(_PATH, required=True),
+                    "cmd": Field(
+                        Str(expected="a command line", validators=(_cmd_problem,)), default=""
+                    ),
+                    "signer": Field(
+                        Str(expected="a sha256 digest", validators=(sha256_hex_problem,)),
+                        default="0" * 64,
+                    ),
+                    "product_id": Field(_U32, default=0),
+                    "svn": Field(_U32, default=0),
+                },
+                expected="the workload to measure (a mapping with path and cmd)",
+            ),
+            required=True,
+        ),
+        "inbound": Field(
+            _Optional(
+                Record(
+                    {
+                        "listen": Field(_Address(bind=True), required=True),
+                        "upstream": Field(
+                            _Address(
+                                expected="a loopback address (host:port)", plaintext="upstreams"
+                            ),
+                            required=True,
+                        ),
+                        "tls_min_version": Field(_TlsVersion(), default="1.3"),
+                    },
+                    expected="the inbound listener (a mapping with listen and upstream)",
+                ),
+            )
+        ),
+        "outbound": Field(ListOf(_OUTBOUND, expected="a list of outbound listeners")),
+        "admin": Field(
+            Record(
+                {
+                    "listen": Field(_Address(bind=True), default=DEFAULT_ADMIN_LISTEN),
+                    "unsafe_public": Field(Bool(), default=False),
+                }
+            )
+        ),
+        "records": Field(
+            Record({"file": Field(_PATH), "stdout": Field(Bool(), default=False)}),
+        ),
+        "limits": Field(
+            Record(
+                {
+                    "max_connections": Field(Int(min=1, max=1_000_000), default=1024),
+                    "handshake_timeout": Field(
+                        Duration(min=_SECOND, max=timedelta(minutes=5)),
+                        default=Limits.handshake_timeout,
+                    ),
+                    "connect_timeout": Field(
+                        Duration(min=_SECOND, max=timedelta(minutes=5)),
+                        default=Limits.connect_timeout,
+                    ),
+                    "idle_timeout": Field(
+                        Duration(min=_SECOND, max=timedelta(hours=24)),
+                        default=Limits.idle_timeout,
+                    ),
+                    "drain_timeout": Field(
+                        Duration(max=timedelta(minutes=10)), default=Limits.drain_timeout
+                    ),
+                }
+            )
+        ),
+        "renewal": Field(
+            Record(
+                {
+                    "fraction": Field(_Number(open_low=True, open_high=True), default=0.5),
+                    "jitter": Field(_Number(high=0.5), default=0.1),
+                }
+            )
+        ),
+    },
+    expected="a sidecar config (a mapping with service, cas, platform, workload, ...)",
+)
+"""The sidecar config's shape; `netshield config check` and the docs can walk it."""
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def parse_sidecar_config(
+    text: str | bytes, *, source: str = "sidecar config", base_dir: Path = Path()
+) -> SidecarConfig:
+    """Parse and check a sidecar config; ConfigError(source, every problem) if it is wrong.
+
+    Relative paths are taken relative to `base_dir` (the config file's directory).
+    """
+    doc, problems = validate(SIDECAR_SPEC, load_yaml(text, source))
+    if isinstance(doc, dict):
+        problems += _cross_problems(doc, base_dir)
+    if problems:
+        raise ConfigError(source, problems)
+    return _build(doc, base_dir)
+
+
+def load_sidecar_config(path: Path) -> SidecarConfig:
+    """Read, parse and check the config at `path`, including that the files it names exist."""
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            str(path), [Problem("", f"cannot read ({err.strerror or err})")]
+        ) from None
+    config = parse_sidecar_config(text, source=str(path), base_dir=path.parent)
+    problems = file_problems(config)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return config
+
+
+def file_problems(config: SidecarConfig) -> list[Problem]:
+    """Files and directories the config names that are missing (checked at load, not parse)."""
+    problems: list[Problem] = []
+    if not config.cas.ca.is_file():
+        problems.append(Problem("cas.ca", f"no such file: {config.cas.ca}"))
+    if not config.platform.is_dir():
+        problems.append(
+            Problem(
+                "platform",
+                f"no such directory: {config.platform} (make one with `netshield platform init`)",
+            )
+        )
+    if not config.workload.path.exists():
+        problems.append(
+            Problem("workload.path", f"no such file or directory: {config.workload.path}")
+        )
+    if config.records.file is not None and not config.records.file.parent.is_dir():
+        problems.append(Problem("records.file", f"no such directory: {config.records.file.parent}"))
+    for i, out in enumerate(config.outbound):
+        if out.unix is not None and not out.unix.parent.is_dir():
+            problems.append(Problem(f"outbound[{i}].unix", f"no such directory: {out.unix.parent}"))
+    return problems
+
+
+def detect_kind(doc: object) -> ConfigKind:
+    """Which kind of netshield config a parsed YAML document is meant to be.
+
+    The kind whose top-level keys it shares more of; on a tie, "sidecar" if it names a
+    `service`. Anything that is not a mapping is checked as a policy.
+    """
+    if not isinstance(doc, Mapping):
+        return "policy"
+    keys = {key for key in doc if isinstance(key, str)}
+    sidecar = len(keys & SIDECAR_SPEC.fields.keys())
+    policy = len(keys & POLICY_SPEC.fields.keys())
+    if sidecar != policy:
+        return "sidecar" if sidecar > policy else "policy"
+    return "sidecar" if "service" in keys else "policy"
+
+
+def _resolve(base_dir: Path, raw: str) -> Path:
+    """`raw` as given if absolute, else relative to `base_dir` (`~` is not expanded)."""
+    return base_dir / raw
+
+
+def _records(value: object) -> list[tuple[int, dict[str, Any]]]:
+    """The entries of a (partially valid) list of records that are themselves valid records."""
+    if not isinstance(value, list):
+        return []
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
+
+
+def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
+    """Checks that span keys: one listener kind per outbound, admin exposure, address clashes."""
+    problems: list[Problem] = []
+    binds: list[tuple[str, HostPort]] = []
+    unix_paths: dict[Path, str] = {}
+    for i, out in _records(doc["outbound"]):
+        path = f"outbound[{i}]"
+        listen, unix, uids = out["listen"], out["unix"], out["allowed_uids"]
+        if listen is None and unix is None:
+            problems.append(Problem(path, "needs listen (a loopback host:port) or unix (a path)"))
+        elif listen is not None and unix is not None:
+            problems.append(Problem(f"{path}.unix", "give listen or unix, not both"))
+        elif listen is not None and isinstance(uids, list) and uids:
+            problems.append(
+                Problem(
+                    f"{path}.allowed_uids", "is only checked on unix listeners (use unix: PATH)"
+                )
+            )
+        if isinstance(listen, HostPort):
+            binds.append((f"{path}.listen", listen))
+        if isinstance(unix, str):
+            resolved = _resolve(base_dir, unix)
+            size = len(str(resolved).encode("utf-8", "surrogateescape"))
+            if size > UNIX_PATH_MAX:
+                problems.append(
+                    Problem(
+                        f"{path}.unix",
+                        f"socket path is {size} bytes, over the {UNIX_PATH_MAX}-byte limit "
+                        "of unix sockets (use a shorter path)",
+                    )
+                )
+            if resolved in unix_paths:
+                problems.append(
+                    Problem(f"{path}.unix", f"{resolved} is also {unix_paths[resolved]}")
+                )
+            else:
+                unix_paths[resolved] = f"{path}.unix"
+    inbound = doc["inbound"]
+    if isinstance(inbound, dict):
+        for key in ("listen", "upstream"):
+            if isinstance(inbound[key], HostPort):
+                binds.append((f"inbound.{key}", inbound[key]))
+    admin = doc["admin"]
+    if isinstance(admin, dict) and isinstance(admin["listen"], HostPort):
+        binds.append(("admin.listen", admin["listen"]))
+        if not admin["listen"].is_loopback and admin["unsafe_public"] is not True:
+            problems.append(
+                Problem(
+                    "admin.listen",
+                    f"the admin listener is loopback-only ({_LOOPBACK_WORDS}), got "
+                    f"{admin['listen']}; set admin.unsafe_public: true to expose /metrics, "
+                    "/connections and /identity beyond this host",
+                )
+            )
+    problems += _clashes(binds)
+    return problems
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 -- compared, never bound
+
+
+def _clashes(binds: list[tuple[str, HostPort]]) -> list[Problem]:
+    """Addresses that cannot both be bound: same port and same host, or either a wildcard."""
+    problems: list[Problem] = []
+    for j, (path, addr) in enumerate(binds):
+        for other_path, other in binds[:j]:
+            same_host = addr.host == other.host or {addr.host, other.host} & _WILDCARDS
+            if addr.port != 0 and addr.port == other.port and same_host:
+                problems.append(Problem(path, f"{addr} clashes with {other_path} ({other})"))
+                break
+    return problems
+
+
+def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
+    cas, workload, inbound = doc["cas"], doc["workload"], doc["inbound"]
+    admin, records, limits, renewal = doc["admin"], doc["records"], doc["limits"], doc["renewal"]
+    return SidecarConfig(
+        service=doc["service"],
+        cas=CasConfig(url=cas["url"], ca=_resolve(base_dir, cas["ca"])),
+        platform=_resolve(base_dir, doc["platform"]),
+        workload=WorkloadConfig(
+            path=_resolve(base_dir, workload["path"]),
+            cmd=tuple(shlex.split(workload["cmd"])),
+            signer=workload["signer"],
+            product_id=workload["product_id"],
+            svn=workload["svn"],
+        ),
+        inbound=None
+        if inbound is None
+        else InboundConfig(
+            listen=inbound["listen"],
+            upstream=inbound["upstream"],
+            tls_min_version=inbound["tls_min_version"],
+        ),
+        outbound=tuple(
+            OutboundConfig(
+                service=out["service"],
+                listen=out["listen"],
+                unix=None if out["unix"] is None else _resolve(base_dir, out["unix"]),
+                allowed_uids=frozenset(out["allowed_uids"]),
+                address=out["address"],
+            )
+            for out in doc["outbound"]
+        ),
+        admin=AdminConfig(listen=admin["listen"], unsafe_public=admin["unsafe_public"]),
+        records=RecordsConfig(
+            file=None if records["file"] is None else _resolve(base_dir, records["file"]),
+            stdout=records["stdout"],
+        ),
+        limits=Limits(**limits),
+        renewal=RenewalConfig(fraction=renewal["fraction"], jitter=renewal["jitter"]),
+    )
+
+
+__all__ = [
+    "DEFAULT_ADMIN_LISTEN",
+    "SIDECAR_SPEC",
+    "AdminConfig",
+    "CasConfig",
+    "ConfigKind",
+    "InboundConfig",
+    "Limits",
+    "OutboundConfig",
+    "RecordsConfig",
+    "RenewalConfig",
+    "SidecarConfig",
+    "TlsMinVersion",
+    "WorkloadConfig",
+    "detect_kind",
+    "file_problems",
+    "load_sidecar_config",
+    "parse_sidecar_config",
+]

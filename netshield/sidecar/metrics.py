@@ -1,0 +1,185 @@
+"""The sidecar's Prometheus metrics, in a registry of its own (never the process-global one).
+
+Connection metrics change twice per connection (opened; closed, with its record), never per
+read or write: the relay counts bytes in plain ints and the record carries the totals. The
+counts here are plain ints too, turned into Prometheus families only when scraped. State that
+lives elsewhere (certificate expiry, renewals, readiness) is read through callbacks at scrape
+time, so it is never stale.
+
+| metric | type | labels |
+|---|---|---|
+| netshield_connections_total | counter | direction, decision, reason |
+| netshield_active_connections | gauge | direction |
+| netshield_bytes_total | counter | direction, flow (in: from the caller, out: back to it) |
+| netshield_handshake_seconds | histogram | direction |
+| netshield_certificate_expiry_seconds | gauge (no sample without a certificate) | |
+| netshield_renewals_total, netshield_renewal_failures_total | counter | |
+| netshield_ready | gauge (1 ready, 0 not) | |
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from netshield.record import DIRECTIONS, ConnectionRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The content type of `render()`: the Prometheus text format, version 0.0.4."""
+
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""TLS handshakes on a LAN take about a millisecond; the top buckets catch stalled peers."""
+
+
+def _none() -> float | None:
+    return None
+
+
+def _zero() -> int:
+    return 0
+
+
+def _false() -> bool:
+    return False
+
+
+class _Histogram:
+    """Per-bucket counts (not cumulative; the last slot is +Inf), a sum and nothing else."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(HANDSHAKE_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(HANDSHAKE_BUCKETS, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        bounds = [*(str(b) for b in HANDSHAKE_BUCKETS), "+Inf"]
+        running, out = 0, []
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+class SidecarMetrics(Collector):
+    """A sidecar's metrics. Pair every `connection_opened` with one `connection_closed`.
+
+    The callbacks are called at scrape time: `seconds_to_expiry` (None without a certificate),
+    `renewals` and `renewal_failures` (the agent's counters) and `ready`.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        seconds_to_expiry: Callable[[], float | None] = _none,
+        renewals: Callable[[], int] = _zero,
+        renewal_failures: Callable[[], int] = _zero,
+        ready: Callable[[], bool] = _false,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._expiry = seconds_to_expiry
+        self._renewals = renewals
+        self._renewal_failures = renewal_failures
+        self._ready = ready
+        self._connections: Counter[tuple[str, str, str]] = Counter()
+        self._active: Counter[str] = Counter({d: 0 for d in DIRECTIONS})
+        self._bytes: Counter[tuple[str, str]] = Counter(
+            {(d, flow): 0 for d in DIRECTIONS for flow in ("in", "out")}
+        )
+        self._handshakes = {d: _Histogram() for d in DIRECTIONS}
+        self.registry.register(self)
+
+    # --- updates (the data plane) ----------------------------------------------------------------
+
+    def connection_opened(self, direction: str) -> None:
+        """A connection was accepted on a listener of `direction`."""
+        self._active[direction] += 1
+
+    def connection_closed(
+        self, record: ConnectionRecord, handshake_seconds: float | None = None
+    ) -> None:
+        """The connection that `record` describes is over (allowed or denied)."""
+        direction = record.direction
+        self._active[direction] -= 1
+        self._connections[direction, record.decision, record.reason] += 1
+        self._bytes[direction, "in"] += record.bytes_in
+        self._bytes[direction, "out"] += record.bytes_out
+        if handshake_seconds is not None:
+            self._handshakes.setdefault(direction, _Histogram()).observe(handshake_seconds)
+
+    # --- scraping --------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE`)."""
+        return bytes(generate_latest(self.registry))
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(sample=False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(sample=True)
+
+    def _families(self, *, sample: bool) -> Iterator[Metric]:
+        connections = CounterMetricFamily(
+            "netshield_connections",
+            "Connections by direction, decision and reason code (counted when they close).",
+            labels=["direction", "decision", "reason"],
+        )
+        active = GaugeMetricFamily(
+            "netshield_active_connections", "Connections open now.", labels=["direction"]
+        )
+        relayed = CounterMetricFamily(
+            "netshield_bytes",
+            "Bytes relayed by closed connections; flow in: from the caller, out: back to it.",
+            labels=["direction", "flow"],
+        )
+        handshakes = HistogramMetricFamily(
+            "netshield_handshake_seconds", "TLS handshake duration.", labels=["direction"]
+        )
+        expiry = GaugeMetricFamily(
+            "netshield_certificate_expiry_seconds",
+            "Seconds until the sidecar's certificate expires (no sample: no certificate).",
+        )
+        renewals = CounterMetricFamily(
+            "netshield_renewals", "Successful certificate renewals (each a fresh attestation)."
+        )
+        failures = CounterMetricFamily(
+            "netshield_renewal_failures",
+            "Failed renewal attempts (the old certificate stays in use until it expires).",
+        )
+        ready = GaugeMetricFamily(
+            "netshield_ready",
+            "1 while the sidecar holds valid credentials and its listeners are bound, else 0.",
+        )
+        if sample:
+            for (direction, decision, reason), count in sorted(self._connections.items()):
+                connections.add_metric([direction, decision, reason], count)
+            for direction, count in sorted(self._active.items()):
+                active.add_metric([direction], count)
+            for (direction, flow), count in sorted(self._bytes.items()):
+                relayed.add_metric([direction, flow], count)
+            for direction, hist in sorted(self._handshakes.items()):
+                handshakes.add_metric([direction], hist.cumulative(), hist.total)
+            seconds = self._expiry()
+            if seconds is not None:
+                expiry.add_metric([], seconds)
+            renewals.add_metric([], self._renewals())
+            failures.add_metric([], self._renewal_failures())
+            ready.add_metric([], 1.0 if self._ready() else 0.0)
+        yield from (connections, active, relayed, handshakes, expiry, renewals, failures, ready)
+
+
+__all__ = ["CONTENT_TYPE", "HANDSHAKE_BUCKETS", "SidecarMetrics"]
