@@ -7,6 +7,7 @@ problems, 1 for a check that found problems); never a traceback unless NETSHIELD
 from __future__ import annotations
 
 import argparse
+import importlib
 import asyncio
 import logging
 import os
@@ -21,6 +22,11 @@ from netshield import __version__
 from netshield.errors import ConfigError, NetshieldError, UsageError
 
 Command = Callable[[argparse.Namespace], int]
+
+# Subcommands in their own modules (netshield/commands/<name>.py), each with register(sub).
+COMMAND_MODULES: tuple[str, ...] = ()
+# `netshield cas <action>` subcommands in their own modules, each with register_cas(csub).
+CAS_COMMAND_MODULES: tuple[str, ...] = ()
 
 ENV_CAS = "NETSHIELD_CAS"
 ENV_ADMIN = "NETSHIELD_ADMIN"
@@ -316,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cas", help="the configuration and attestation service")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for module_name in CAS_COMMAND_MODULES:
+        importlib.import_module(f"netshield.commands.{module_name}").register_cas(csub)
     q = csub.add_parser("serve", help="run the CAS")
     q.add_argument("--policy", required=True)
     q.add_argument(
@@ -362,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--since", type=int, default=0)
     q.add_argument("--limit", type=int, default=1000)
     q.set_defaults(func=cmd_cas_audit)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(f"netshield.commands.{module_name}").register(sub)
     return parser
 
 
