@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import ssl
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from aiohttp import web
 
 from netshield.cas.service import AttestRequest, CasService, Issued, RevocationKind
 from netshield.errors import NetshieldError
+from netshield.httpjson import error_response, errors_middleware
 from netshield.identity import SpiffeId
 from netshield.reasons import Reason
 
@@ -50,56 +50,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE_KEY = web.AppKey("service", CasService)
 CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock")
 ATTEST_SLOTS_KEY = web.AppKey("attest_slots", asyncio.Semaphore)
-
-
-def error_response(reason: Reason, message: str, *, hint: str | None = None) -> web.Response:
-    info = reason.info
-    body = {"error": {"reason": reason.value, "message": message, "hint": hint or info.hint}}
-    return web.json_response(body, status=info.http_status)
-
-
-_HTTP_REASONS = {
-    400: Reason.REQUEST_MALFORMED,
-    404: Reason.NOT_FOUND,
-    405: Reason.METHOD_NOT_ALLOWED,
-    413: Reason.BODY_TOO_LARGE,
-    415: Reason.UNSUPPORTED_MEDIA_TYPE,
-}
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to the JSON error shape; never leak a traceback to the client."""
-    try:
-        return await handler(request)
-    except NetshieldError as err:
-        return error_response(err.reason, err.message, hint=err.hint)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        reason = _HTTP_REASONS.get(exc.status, Reason.REQUEST_MALFORMED)
-        return error_response(reason, exc.reason or reason.value)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        raise
-    except Exception:
-        incident = uuid.uuid4().hex[:12]
-        log.exception(
-            "internal error while serving %s %s (incident %s)",
-            request.method,
-            request.path,
-            incident,
-        )
-        resp = web.json_response(
-            {
-                "error": {
-                    "reason": "INTERNAL",
-                    "message": f"internal error (incident {incident})",
-                    "hint": "the CAS log has the details under this incident id",
-                }
-            },
-            status=500,
-        )
-        return resp
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -357,7 +307,7 @@ def make_app(
     clock: Clock = utc_now,
     max_attestations: int = MAX_CONCURRENT_ATTESTATIONS,
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware("CAS", log)])
     app[SERVICE_KEY] = service
     app[CLOCK_KEY] = clock
     app[ATTEST_SLOTS_KEY] = asyncio.Semaphore(max_attestations)

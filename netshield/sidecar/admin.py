@@ -18,11 +18,9 @@ can return key material: the providers hand out public facts only.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from netshield.httpjson import error_body, error_response, errors_middleware, known_reason
 from netshield.netaddr import HostPort
 from netshield.reasons import Reason
 from netshield.sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -80,60 +79,6 @@ def _json(body: object, *, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=_dumps)
 
 
-def _known(code: str) -> Reason | None:
-    try:
-        return Reason(code)
-    except ValueError:
-        return None
-
-
-def _error_body(reason: str, message: str, hint: str | None) -> dict[str, Any]:
-    known = _known(reason)
-    if hint is None:
-        hint = known.info.hint if known else ""
-    return {"error": {"reason": str(reason), "message": message, "hint": hint}}
-
-
-def error_response(
-    reason: Reason | str, message: str, *, status: int | None = None, hint: str | None = None
-) -> web.Response:
-    """The house error shape; the status defaults to the reason code's HTTP status."""
-    known = _known(reason)
-    if status is None:
-        status = known.info.http_status if known else 500
-    return _json(_error_body(reason, message, hint), status=status)
-
-
-_HTTP_REASONS = {404: Reason.NOT_FOUND, 405: Reason.METHOD_NOT_ALLOWED}
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure as JSON; an unexpected one is logged under an incident id."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        reason = _HTTP_REASONS.get(exc.status, Reason.REQUEST_MALFORMED)
-        return error_response(reason, f"{request.method} {request.path}: {exc.reason}")
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        raise
-    except Exception:
-        incident = uuid.uuid4().hex[:12]
-        log.exception(
-            "admin API: internal error serving %s %s (incident %s)",
-            request.method,
-            request.path,
-            incident,
-        )
-        return error_response(
-            "INTERNAL",
-            f"internal error (incident {incident})",
-            hint="the sidecar log has the details under this incident id",
-        )
-
-
 # --- handlers ------------------------------------------------------------------------------------
 
 
@@ -149,10 +94,10 @@ async def handle_readyz(request: web.Request) -> web.Response:
     ready, why = _providers(request).ready()
     if ready:
         return _json({"ready": True})
-    if _known(why):
-        body = _error_body(why, f"not ready: {why}", None)
+    if known_reason(why):
+        body = error_body(why, f"not ready: {why}", None)
     else:
-        body = _error_body(NOT_READY, f"not ready: {why or 'no reason given'}", "see /status")
+        body = error_body(NOT_READY, f"not ready: {why or 'no reason given'}", "see /status")
     return _json({"ready": False, **body}, status=503)
 
 
@@ -183,7 +128,7 @@ async def handle_status(request: web.Request) -> web.Response:
 
 def make_admin_app(providers: AdminProviders) -> web.Application:
     """The admin API over `providers` (GET only; HEAD answers too)."""
-    app = web.Application(client_max_size=1024, middlewares=[errors_middleware])
+    app = web.Application(client_max_size=1024, middlewares=[errors_middleware("sidecar", log)])
     app[PROVIDERS_KEY] = providers
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
