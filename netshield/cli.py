@@ -7,8 +7,8 @@ problems, 1 for a check that found problems); never a traceback unless NETSHIELD
 from __future__ import annotations
 
 import argparse
-import importlib
 import asyncio
+import importlib
 import logging
 import os
 import shlex
@@ -24,9 +24,9 @@ from netshield.errors import ConfigError, NetshieldError, UsageError
 Command = Callable[[argparse.Namespace], int]
 
 # Subcommands in their own modules (netshield/commands/<name>.py), each with register(sub).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("wait", "ui", "iptables", "logs", "explain", "status")
 # `netshield cas <action>` subcommands in their own modules, each with register_cas(csub).
-CAS_COMMAND_MODULES: tuple[str, ...] = ()
+CAS_COMMAND_MODULES: tuple[str, ...] = ("check_access",)
 
 ENV_CAS = "NETSHIELD_CAS"
 ENV_ADMIN = "NETSHIELD_ADMIN"

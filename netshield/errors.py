@@ -75,4 +75,9 @@ class StateError(NetshieldError):
 
 
 class UsageError(NetshieldError):
-    """The command line or a file it names is wrong: a message and a non-zero exit."""
+    """The command line or a file it names is wrong: a message and a non-zero exit.
+
+    The message itself says what to fix, so no reason-code hint is appended."""
+
+    def __init__(self, message: str, *, reason: Reason | None = None, hint: str | None = None):
+        super().__init__(message, reason=reason, hint=hint if hint is not None else "")

@@ -84,6 +84,7 @@ class Reason(enum.StrEnum):
     CALLER_NOT_LOCAL = "CALLER_NOT_LOCAL"
     CONNECTION_LIMIT = "CONNECTION_LIMIT"
     DESTINATION_UNKNOWN = "DESTINATION_UNKNOWN"
+    DESTINATION_NOT_IN_MESH = "DESTINATION_NOT_IN_MESH"
     UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
     CONNECT_TIMEOUT = "CONNECT_TIMEOUT"
     # --- close reasons of connections that were allowed ---
@@ -379,6 +380,15 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.DATA_PLANE,
             502,
             "The destination service has no address in the service registry or the sidecar config.",
+        ),
+        _r(
+            Reason.DESTINATION_NOT_IN_MESH,
+            Stage.DATA_PLANE,
+            403,
+            "A transparently captured connection went to an address that is no mesh service "
+            "(services.<name>.addresses) and no native service; transparent.mode strict refuses "
+            "it. Add the service to the policy, exclude the address from capture "
+            "(`netshield iptables install --exclude-cidrs`), or set transparent.mode: permissive.",
         ),
         _r(
             Reason.UPSTREAM_UNREACHABLE,

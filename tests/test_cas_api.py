@@ -495,3 +495,30 @@ async def test_wrong_method_is_refused_with_a_reason(domain: Domain) -> None:
         assert (status, body["status"]) == (200, "ok")
         status, body = await _raw(domain, "GET", "/readyz")
         assert (status, body["trust_domain"]) == (200, TD)
+
+
+async def test_audit_verify_during_concurrent_attestations_never_reports_a_false_truncation(
+    domain: Domain,
+) -> None:
+    from netshield.operator import audit_online
+
+    async with cas_in_process(domain), domain.client() as cas:
+        stop = asyncio.Event()
+
+        async def attest_until_stopped() -> int:
+            done = 0
+            while not stop.is_set():
+                await attempt(domain, cas, measurement="ee" * 32 if done % 2 else ORDERS_M)
+                done += 1
+            return done
+
+        writers = [asyncio.create_task(attest_until_stopped()) for _ in range(3)]
+        verdicts = []
+        for _ in range(15):
+            lines, ok = await audit_online(
+                domain._url, domain.admin, since=0, limit=1, verify=True, as_json=False
+            )
+            verdicts.append((ok, lines[-1]))
+        stop.set()
+        assert sum(await asyncio.gather(*writers)) > 10  # the log really grew while we verified
+    assert all(ok for ok, _ in verdicts), [line for ok, line in verdicts if not ok]

@@ -111,7 +111,9 @@ def test_caller_not_in_policy_gets_no_byte_through_and_is_recorded(
     assert b"SELECT" not in direct.stdout
     rec = mesh.wait_record("orders", lambda r: r["decision"] == "deny")
     assert rec["reason"] == "PEER_NOT_AUTHORIZED" and rec["peer_identity"].endswith("/svc/intruder")
-    assert f"conn={rec['conn_id']}" in orders.stderr()  # the diagnostic log names the same connection
+    assert (
+        f"conn={rec['conn_id']}" in orders.stderr()
+    )  # the diagnostic log names the same connection
     assert "add `intruder` there" in rec["detail"]
     assert echo.bytes_received == before
 

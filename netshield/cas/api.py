@@ -265,9 +265,7 @@ async def handle_audit(request: web.Request) -> web.Response:
     store = request.app[SERVICE_KEY].store
     since = _int_param(request, "since", 0)
     limit = _int_param(request, "limit", 1000, low=1, high=100_000)
-    entries = await asyncio.to_thread(store.audit_entries, since, limit)
-    problems = await asyncio.to_thread(store.verify_audit)
-    head = store.audit_head()
+    entries, head, problems = await asyncio.to_thread(store.audit_snapshot, since, limit)
     return web.json_response(
         {
             "entries": [_jsonable(asdict(e)) for e in entries],

@@ -937,6 +937,17 @@ class CasStore:
         rows = self._rows("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         return CounterValue(*rows[0]) if rows else CounterValue(0, GENESIS)
 
+    def audit_snapshot(
+        self, since: int = 0, limit: int | None = None
+    ) -> tuple[list[AuditEntry], CounterValue, list[str]]:
+        """Entries after `since`, the head and the verification, all from one moment.
+
+        Read under the store lock, which every mutation holds through its commit and its counter
+        advance, so a concurrent attestation cannot make the head and the entries disagree.
+        """
+        with self._lock:
+            return self.audit_entries(since, limit), self.audit_head(), self.verify_audit()
+
     def verify_audit(self) -> list[str]:
         """Every problem with the log, its agreement with the rows and with the counter."""
         with self._lock:

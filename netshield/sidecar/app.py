@@ -19,7 +19,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,14 +35,21 @@ from netshield.attestation.platform import load_platform
 from netshield.casclient import CasClient, CasUnreachable
 from netshield.errors import ConfigError, NetshieldError
 from netshield.net.listeners import accept_loop, bind_tcp, bind_unix, bound_address
+from netshield.netaddr import HostPort
 from netshield.reasons import Reason
 from netshield.recordlog import RecordSink
 from netshield.sidecar.admin import AdminProviders, AdminServer
-from netshield.sidecar.config import OutboundConfig, SidecarConfig, load_sidecar_config
+from netshield.sidecar.config import (
+    OutboundConfig,
+    SidecarConfig,
+    TransparentConfig,
+    load_sidecar_config,
+)
 from netshield.sidecar.flows import inbound_flow, outbound_flow
 from netshield.sidecar.livetable import ConnectionTable
 from netshield.sidecar.metrics import SidecarMetrics
 from netshield.sidecar.runtime import Runtime
+from netshield.sidecar.transparent import transparent_inbound_flow, transparent_outbound_flow
 from netshield.tls.material import cas_client_context
 
 log = logging.getLogger("netshield.sidecar")
@@ -112,10 +119,43 @@ def bind_listeners(rt: Runtime, config: SidecarConfig) -> Listeners:
             listeners.tasks.append(
                 asyncio.create_task(accept_loop(sock, _outbound_acceptor(rt, index, out)))
             )
+        if config.transparent is not None:
+            bind_transparent(rt, config.transparent, listeners)
     except BaseException:
         listeners.close()
         raise
     return listeners
+
+
+def bind_transparent(rt: Runtime, t: TransparentConfig, listeners: Listeners) -> None:
+    """The capture listeners: outbound on loopback (IPv4 and IPv6), inbound on every address
+    when the service has ports. An IPv6 listener the host cannot bind is skipped with a warning
+    (its redirected connections are then refused: fail closed)."""
+    plan = [
+        ("transparent:outbound", HostPort("127.0.0.1", t.outbound_port), transparent_outbound_flow),
+        ("transparent:outbound6", HostPort("::1", t.outbound_port), transparent_outbound_flow),
+    ]
+    if t.service_ports:
+        plan += [
+            ("transparent:inbound", HostPort("0.0.0.0", t.inbound_port), transparent_inbound_flow),  # noqa: S104
+            ("transparent:inbound6", HostPort("::", t.inbound_port), transparent_inbound_flow),
+        ]
+    for name, address, flow in plan:
+        try:
+            sock = bind_tcp(address, what=name)
+        except NetshieldError as err:
+            if not name.endswith("6"):
+                raise
+            log.warning("%s; IPv6 connections will not be captured", err)
+            continue
+        listeners.sockets[name] = sock
+        listeners.tasks.append(asyncio.create_task(accept_loop(sock, _capture_acceptor(rt, flow))))
+
+
+def _capture_acceptor(
+    rt: Runtime, flow: Callable[[Runtime, socket.socket], Coroutine[Any, Any, None]]
+) -> Callable[[socket.socket], None]:
+    return lambda sock: rt.spawn(flow(rt, sock))
 
 
 def _outbound_acceptor(
@@ -139,6 +179,8 @@ def reload_config(rt: Runtime, path: Path) -> None:
         restart.append("inbound.listen")
     if [o.listener for o in new.outbound] != [o.listener for o in old.outbound]:
         restart.append("outbound listeners")
+    if _capture_ports(new.transparent) != _capture_ports(old.transparent):
+        restart.append("transparent capture ports")
     if restart:
         log.error(
             "SIGHUP: kept the old configuration: changing %s needs a restart", ", ".join(restart)
@@ -147,9 +189,15 @@ def reload_config(rt: Runtime, path: Path) -> None:
     rt.config = new
     rt.table.limit = new.limits.max_connections
     log.warning(
-        "SIGHUP: reloaded configuration from %s (limits, inbound.upstream, outbound addresses)",
+        "SIGHUP: reloaded configuration from %s (limits, inbound.upstream, outbound addresses, "
+        "transparent mode and service ports)",
         path,
     )
+
+
+def _capture_ports(t: TransparentConfig | None) -> tuple[int, int, bool] | None:
+    """What of the transparent section is bound at start (mode and service_ports reload live)."""
+    return None if t is None else (t.outbound_port, t.inbound_port, bool(t.service_ports))
 
 
 async def run_sidecar(
@@ -183,7 +231,9 @@ async def run_sidecar(
             return False, state.reason.value if state.reason else state.detail
         if not agent_box or not agent_box[0].synced.is_set():
             return False, "revocation feed not synced yet"
-        if "inbound" not in bound and not any(k.startswith("outbound") for k in bound):
+        if "inbound" not in bound and not any(
+            k.startswith(("outbound", "transparent")) for k in bound
+        ):
             return False, "listeners not bound yet"
         return True, ""
 
@@ -193,7 +243,12 @@ async def run_sidecar(
         renewal_failures=lambda: agent_box[0].renewal_failures if agent_box else 0,
         ready=lambda: ready()[0],
     )
-    sink = RecordSink(config.records.file, stdout=config.records.stdout)
+    sink = RecordSink(
+        config.records.file,
+        stdout=config.records.stdout,
+        max_bytes=config.records.max_bytes,
+        keep=config.records.keep,
+    )
     rt = Runtime(
         config=config,
         holder=holder,

@@ -45,6 +45,7 @@ from netshield.schema import (
 )
 
 TlsMinVersion = Literal["1.2", "1.3"]
+TransparentMode = Literal["strict", "permissive"]
 ConfigKind = Literal["policy", "sidecar"]
 
 DEFAULT_ADMIN_LISTEN = HostPort("127.0.0.1", 15000)
@@ -95,6 +96,18 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class TransparentConfig:
+    """Transparent capture (with `netshield iptables install`): the service dials its peers'
+    own addresses; netfilter redirects outbound TCP to `outbound_port` (bound on 127.0.0.1 and
+    ::1) and inbound TCP for `service_ports` to `inbound_port` (bound on 0.0.0.0 and ::)."""
+
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+    mode: TransparentMode = "strict"  # destinations outside the mesh: refuse, or pass through
+    service_ports: tuple[int, ...] = ()  # inbound: relayed to 127.0.0.1:<original port>; () = none
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     listen: HostPort = DEFAULT_ADMIN_LISTEN
     unsafe_public: bool = False
@@ -104,6 +117,8 @@ class AdminConfig:
 class RecordsConfig:
     file: Path | None = None
     stdout: bool = False
+    max_bytes: int = 100 * 1024 * 1024  # rotate `file` at this size; 0: never (use logrotate)
+    keep: int = 10  # rotated files kept (file.1 ... file.<keep>); older ones are deleted
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,7 @@ class SidecarConfig:
     workload: WorkloadConfig
     inbound: InboundConfig | None = None
     outbound: tuple[OutboundConfig, ...] = ()
+    transparent: TransparentConfig | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
     limits: Limits = field(default_factory=Limits)
@@ -265,6 +281,7 @@ def _cmd_problem(value: str) -> str | None:
 _PATH = Str(expected="a path", validators=(_path_problem,))
 _NAME = Str(expected="a service name", validators=(name_problem,))
 _U32 = Int(min=0, max=_U32_MAX)
+_PORT = Int(expected="a port (1-65535)", min=1, max=65535)
 _SECOND = timedelta(seconds=1)
 
 _OUTBOUND = Record(
@@ -333,6 +350,26 @@ SIDECAR_SPEC = Record(
             )
         ),
         "outbound": Field(ListOf(_OUTBOUND, expected="a list of outbound listeners")),
+        "transparent": Field(
+            _Optional(
+                Record(
+                    {
+                        "outbound_port": Field(_PORT, default=TransparentConfig.outbound_port),
+                        "inbound_port": Field(_PORT, default=TransparentConfig.inbound_port),
+                        "mode": Field(
+                            Str(
+                                expected='"strict" or "permissive"',
+                                choices=("strict", "permissive"),
+                            ),
+                            default="strict",
+                        ),
+                        "service_ports": Field(ListOf(_PORT, expected="a list of ports")),
+                    },
+                    expected="transparent capture (a mapping with outbound_port, inbound_port, "
+                    "mode, service_ports)",
+                )
+            )
+        ),
         "admin": Field(
             Record(
                 {
@@ -342,7 +379,14 @@ SIDECAR_SPEC = Record(
             )
         ),
         "records": Field(
-            Record({"file": Field(_PATH), "stdout": Field(Bool(), default=False)}),
+            Record(
+                {
+                    "file": Field(_PATH),
+                    "stdout": Field(Bool(), default=False),
+                    "max_bytes": Field(Int(min=0, max=2**50), default=RecordsConfig.max_bytes),
+                    "keep": Field(Int(min=1, max=10_000), default=RecordsConfig.keep),
+                }
+            ),
         ),
         "limits": Field(
             Record(
@@ -507,6 +551,7 @@ def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
         for key in ("listen", "upstream"):
             if isinstance(inbound[key], HostPort):
                 binds.append((f"inbound.{key}", inbound[key]))
+    problems += _transparent_problems(doc["transparent"], binds)
     admin = doc["admin"]
     if isinstance(admin, dict) and isinstance(admin["listen"], HostPort):
         binds.append(("admin.listen", admin["listen"]))
@@ -520,6 +565,36 @@ def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
                 )
             )
     problems += _clashes(binds)
+    return problems
+
+
+def _transparent_problems(section: object, binds: list[tuple[str, HostPort]]) -> list[Problem]:
+    """Capture ports that differ and are not service ports; records their binds for clashes."""
+    if not isinstance(section, dict):
+        return []
+    problems: list[Problem] = []
+    out, inn = section["outbound_port"], section["inbound_port"]
+    if isinstance(out, int):
+        binds.append(("transparent.outbound_port", HostPort("127.0.0.1", out)))
+    if isinstance(inn, int):
+        binds.append(("transparent.inbound_port", HostPort("0.0.0.0", inn)))  # noqa: S104
+    ports = section["service_ports"]
+    if isinstance(ports, list):
+        seen: set[int] = set()
+        for i, port in enumerate(ports):
+            if port in (out, inn):
+                problems.append(
+                    Problem(
+                        f"transparent.service_ports[{i}]",
+                        f"{port} is a capture port; the service must listen on another port",
+                    )
+                )
+            elif isinstance(port, int) and port in seen:
+                problems.append(
+                    Problem(f"transparent.service_ports[{i}]", f"{port} is listed twice")
+                )
+            if isinstance(port, int):
+                seen.add(port)
     return problems
 
 
@@ -569,10 +644,20 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
             )
             for out in doc["outbound"]
         ),
+        transparent=None
+        if doc["transparent"] is None
+        else TransparentConfig(
+            outbound_port=doc["transparent"]["outbound_port"],
+            inbound_port=doc["transparent"]["inbound_port"],
+            mode=doc["transparent"]["mode"],
+            service_ports=tuple(doc["transparent"]["service_ports"]),
+        ),
         admin=AdminConfig(listen=admin["listen"], unsafe_public=admin["unsafe_public"]),
         records=RecordsConfig(
             file=None if records["file"] is None else _resolve(base_dir, records["file"]),
             stdout=records["stdout"],
+            max_bytes=records["max_bytes"],
+            keep=records["keep"],
         ),
         limits=Limits(**limits),
         renewal=RenewalConfig(fraction=renewal["fraction"], jitter=renewal["jitter"]),
@@ -592,6 +677,8 @@ __all__ = [
     "RenewalConfig",
     "SidecarConfig",
     "TlsMinVersion",
+    "TransparentConfig",
+    "TransparentMode",
     "WorkloadConfig",
     "detect_kind",
     "file_problems",

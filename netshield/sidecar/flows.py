@@ -46,6 +46,7 @@ class Attempt:
     listener: str
     src: str
     dst: str
+    original_dst: str | None = None  # transparent mode: the address the caller dialled
     conn_id: str = field(default_factory=new_conn_id)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     t0: float = field(default_factory=time.monotonic)
@@ -82,7 +83,7 @@ class Attempt:
             listener=self.listener,
             src=self.src,
             dst=self.dst,
-            original_dst=None,
+            original_dst=self.original_dst,
             local_identity=str(creds.spiffe_id) if creds else None,
             peer_identity=str(peer.spiffe_id) if peer and peer.spiffe_id else None,
             tls_version=peer.tls_version if peer else None,
@@ -156,12 +157,12 @@ class Attempt:
         )
 
 
-def _close_socket(sock: socket.socket) -> None:
+def close_socket(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.close()
 
 
-def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
+def admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
     """Shutdown, credentials and the connection limit; records the denial when refused."""
     contexts = rt.holder.current()
     attempt.contexts = contexts
@@ -184,7 +185,7 @@ def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
         dst=attempt.dst,
         started=rfc3339(attempt.started),
     )
-    if rt.table.count() >= limit or not rt.table.try_add(live):
+    if not rt.table.try_add(live):
         attempt.deny(
             Reason.CONNECTION_LIMIT,
             f"{rt.table.count()} connections are open and limits.max_connections is {limit}",
@@ -194,7 +195,7 @@ def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
     return contexts
 
 
-async def _dial(rt: Runtime, target: HostPort, factory: Callable[[], S]) -> S | tuple[Reason, str]:
+async def dial(rt: Runtime, target: HostPort, factory: Callable[[], S]) -> S | tuple[Reason, str]:
     """Connect to `target`; the stream, or why not."""
     loop = asyncio.get_running_loop()
     timeout = rt.config.limits.connect_timeout.total_seconds()
@@ -212,7 +213,7 @@ async def _dial(rt: Runtime, target: HostPort, factory: Callable[[], S]) -> S | 
     return stream
 
 
-async def _relay(
+async def relay_connection(
     rt: Runtime, attempt: Attempt, decision: ConnDecision, downstream: Stream, upstream: Stream
 ) -> None:
     handle = RelayHandle()
@@ -243,10 +244,22 @@ async def inbound_flow(rt: Runtime, sock: socket.socket, inbound: InboundConfig)
     attempt = Attempt(
         rt, "inbound", listener=str(inbound.listen), src=caller.address, dst=str(inbound.upstream)
     )
+
+    def upstream() -> HostPort:
+        return rt.config.inbound.upstream if rt.config.inbound else inbound.upstream
+
+    await serve_inbound(rt, attempt, sock, upstream)
+
+
+async def serve_inbound(
+    rt: Runtime, attempt: Attempt, sock: socket.socket, upstream_of: Callable[[], HostPort]
+) -> None:
+    """The inbound pipeline for an accepted socket: admit, terminate mTLS, authorize the caller,
+    then relay plaintext to `upstream_of()` (read after the decision, so SIGHUP applies)."""
     try:
-        contexts = _admit(rt, attempt)
+        contexts = admit(rt, attempt)
         if contexts is None:
-            _close_socket(sock)
+            close_socket(sock)
             return
         loop = asyncio.get_running_loop()
         try:
@@ -255,7 +268,7 @@ async def inbound_flow(rt: Runtime, sock: socket.socket, inbound: InboundConfig)
             )
         except OSError as err:
             attempt.deny(Reason.PEER_RESET, f"the caller went away before the handshake ({err})")
-            _close_socket(sock)
+            close_socket(sock)
             return
         t0 = time.monotonic()
         try:
@@ -274,15 +287,15 @@ async def inbound_flow(rt: Runtime, sock: socket.socket, inbound: InboundConfig)
             return
         if decision.mode == "audit":
             log.warning("conn=%s inbound %s", attempt.conn_id, decision.detail)
-        upstream = await _dial(
-            rt, rt.config.inbound.upstream if rt.config.inbound else inbound.upstream, PlainStream
-        )
+        target = upstream_of()
+        attempt.dst = str(target)
+        upstream = await dial(rt, target, PlainStream)
         if isinstance(upstream, tuple):
             reason, detail = upstream
             tls.close()
             attempt.finish(decision, bytes_in=0, bytes_out=0, close_reason=reason, detail=detail)
             return
-        await _relay(rt, attempt, decision, tls, upstream)
+        await relay_connection(rt, attempt, decision, tls, upstream)
     except asyncio.CancelledError:
         attempt.abandon()
         raise
@@ -331,11 +344,11 @@ async def outbound_flow(
         problem = local_caller_problem(caller, allowed_uids=out.allowed_uids or None)
         if problem:
             attempt.deny(Reason.CALLER_NOT_LOCAL, problem)
-            _close_socket(sock)
+            close_socket(sock)
             return
-        contexts = _admit(rt, attempt)
+        contexts = admit(rt, attempt)
         if contexts is None:
-            _close_socket(sock)
+            close_socket(sock)
             return
         creds = contexts.credentials
         pre = may_call_decision(creds.policy, out.service, policy_version=creds.policy_version)
@@ -348,43 +361,66 @@ async def outbound_flow(
                 else f"no address for {out.service}: not in the service registry (services.{out.service}"
                 ".addresses) and no outbound address override",
             )
-            _close_socket(sock)
+            close_socket(sock)
             return
-        attempt.dst = str(target)
-        loop = asyncio.get_running_loop()
-        try:
-            _t, plain = await loop.connect_accepted_socket(PlainStream, sock)
-        except OSError as err:
-            attempt.deny(Reason.PEER_RESET, f"the local caller went away ({err})")
-            _close_socket(sock)
-            return
-        t0 = time.monotonic()
-        tls = await _dial(rt, target, lambda: TlsStream(contexts.client, server_side=False))
-        if isinstance(tls, tuple):
-            reason, detail = tls
-            plain.close()
-            attempt.finish(pre, bytes_in=0, bytes_out=0, close_reason=reason, detail=detail)
-            return
-        try:
-            attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
-        except TlsHandshakeError as err:
-            attempt.deny(err.failure.reason, f"{out.service} at {target}: {err.failure.detail}")
-            plain.close()
-            return
-        attempt.handshake_seconds = time.monotonic() - t0
-        decision = authorize_outbound(
-            creds.policy,
-            out.service,
-            attempt.peer,
-            rt.revocations.check,
-            policy_version=creds.policy_version,
-        )
-        if not decision.allowed:
-            attempt.deny(decision.reason, decision.detail)
-            tls.close()
-            plain.close()
-            return
-        await _relay(rt, attempt, decision, plain, tls)
+        await mesh_outbound(rt, attempt, sock, contexts, out.service, target, pre)
     except asyncio.CancelledError:
         attempt.abandon()
         raise
+
+
+async def accept_plain(attempt: Attempt, sock: socket.socket) -> PlainStream | None:
+    """Wrap the local caller's accepted socket; None (and a deny record) if it went away."""
+    loop = asyncio.get_running_loop()
+    try:
+        _t, plain = await loop.connect_accepted_socket(PlainStream, sock)
+    except OSError as err:
+        attempt.deny(Reason.PEER_RESET, f"the local caller went away ({err})")
+        close_socket(sock)
+        return None
+    return plain
+
+
+async def mesh_outbound(
+    rt: Runtime,
+    attempt: Attempt,
+    sock: socket.socket,
+    contexts: TlsContexts,
+    service: str,
+    target: HostPort,
+    pre: ConnDecision,
+) -> None:
+    """The outbound pipeline once the destination is known and the call pre-authorized: open
+    mutual TLS to `target`, check that the server is `service`, then relay."""
+    creds = contexts.credentials
+    attempt.dst = str(target)
+    plain = await accept_plain(attempt, sock)
+    if plain is None:
+        return
+    t0 = time.monotonic()
+    tls = await dial(rt, target, lambda: TlsStream(contexts.client, server_side=False))
+    if isinstance(tls, tuple):
+        reason, detail = tls
+        plain.close()
+        attempt.finish(pre, bytes_in=0, bytes_out=0, close_reason=reason, detail=detail)
+        return
+    try:
+        attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
+    except TlsHandshakeError as err:
+        attempt.deny(err.failure.reason, f"{service} at {target}: {err.failure.detail}")
+        plain.close()
+        return
+    attempt.handshake_seconds = time.monotonic() - t0
+    decision = authorize_outbound(
+        creds.policy,
+        service,
+        attempt.peer,
+        rt.revocations.check,
+        policy_version=creds.policy_version,
+    )
+    if not decision.allowed:
+        attempt.deny(decision.reason, decision.detail)
+        tls.close()
+        plain.close()
+        return
+    await relay_connection(rt, attempt, decision, plain, tls)

@@ -15,6 +15,12 @@ time, so it is never stale.
 | netshield_certificate_expiry_seconds | gauge (no sample without a certificate) | |
 | netshield_renewals_total, netshield_renewal_failures_total | counter | |
 | netshield_ready | gauge (1 ready, 0 not) | |
+| netshield_peer_connections_total | counter | direction, peer, decision |
+| netshield_peer_bytes_total | counter | direction, peer, flow |
+
+`peer` is the other party's service name (else its SPIFFE id, else its host; see
+`netshield.logs.parties`); after `MAX_PEERS` distinct peers the rest count as "other", so a
+scan from many addresses cannot grow the label set without bound.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from netshield.logs.parties import parties
 from netshield.record import DIRECTIONS, ConnectionRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,6 +46,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """TLS handshakes on a LAN take about a millisecond; the top buckets catch stalled peers."""
+
+MAX_PEERS = 256
+"""Distinct `peer` label values kept; later peers are counted as "other"."""
+OTHER_PEER = "other"
 
 
 def _none() -> float | None:
@@ -100,6 +111,9 @@ class SidecarMetrics(Collector):
             {(d, flow): 0 for d in DIRECTIONS for flow in ("in", "out")}
         )
         self._handshakes = {d: _Histogram() for d in DIRECTIONS}
+        self._peer_connections: Counter[tuple[str, str, str]] = Counter()
+        self._peer_bytes: Counter[tuple[str, str, str]] = Counter()
+        self._peers: set[str] = set()
         self.registry.register(self)
 
     # --- updates (the data plane) ----------------------------------------------------------------
@@ -119,6 +133,19 @@ class SidecarMetrics(Collector):
         self._bytes[direction, "out"] += record.bytes_out
         if handshake_seconds is not None:
             self._handshakes.setdefault(direction, _Histogram()).observe(handshake_seconds)
+        peer = self._peer_label(record)
+        self._peer_connections[direction, peer, record.decision] += 1
+        self._peer_bytes[direction, peer, "in"] += record.bytes_in
+        self._peer_bytes[direction, peer, "out"] += record.bytes_out
+
+    def _peer_label(self, record: ConnectionRecord) -> str:
+        ends = parties(record)
+        peer = ends.caller if record.direction == "inbound" else ends.callee
+        if peer not in self._peers:
+            if len(self._peers) >= MAX_PEERS:
+                return OTHER_PEER
+            self._peers.add(peer)
+        return peer
 
     # --- scraping --------------------------------------------------------------------------------
 
@@ -164,7 +191,21 @@ class SidecarMetrics(Collector):
             "netshield_ready",
             "1 while the sidecar holds valid credentials and its listeners are bound, else 0.",
         )
+        peer_connections = CounterMetricFamily(
+            "netshield_peer_connections",
+            "Connections by direction, peer (service name, else identity or host) and decision.",
+            labels=["direction", "peer", "decision"],
+        )
+        peer_bytes = CounterMetricFamily(
+            "netshield_peer_bytes",
+            "Bytes relayed by closed connections, by direction, peer and flow.",
+            labels=["direction", "peer", "flow"],
+        )
         if sample:
+            for labels, count in sorted(self._peer_connections.items()):
+                peer_connections.add_metric(list(labels), count)
+            for labels, count in sorted(self._peer_bytes.items()):
+                peer_bytes.add_metric(list(labels), count)
             for (direction, decision, reason), count in sorted(self._connections.items()):
                 connections.add_metric([direction, decision, reason], count)
             for direction, count in sorted(self._active.items()):
@@ -180,6 +221,7 @@ class SidecarMetrics(Collector):
             failures.add_metric([], self._renewal_failures())
             ready.add_metric([], 1.0 if self._ready() else 0.0)
         yield from (connections, active, relayed, handshakes, expiry, renewals, failures, ready)
+        yield from (peer_connections, peer_bytes)
 
 
-__all__ = ["CONTENT_TYPE", "HANDSHAKE_BUCKETS", "SidecarMetrics"]
+__all__ = ["CONTENT_TYPE", "HANDSHAKE_BUCKETS", "MAX_PEERS", "SidecarMetrics"]
