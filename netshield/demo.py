@@ -5,9 +5,10 @@ frontend, the two confidential services the policy lets talk; intruder, a servic
 does not allow to call orders; a tampered build of orders; orders on a platform with old
 firmware) and plays what the shield guarantees: frontend reaches orders; intruder is denied;
 the tampered build and the old platform are refused at attestation; a replayed quote is refused;
-a revoked instance is cut off mid-connection; the CAS audit log verifies. Each step prints one
-line with what was expected and what was observed, read from the sidecars' connection records
-and admin APIs. The exit code is 0 only if every step behaved.
+a revoked instance is cut off mid-connection; an SQL injection sent to inventory (a native HTTP
+service behind a WAF route) is blocked while a benign request passes; the CAS audit log
+verifies. Each step prints one line with what was expected and what was observed, read from the
+sidecars' connection records and admin APIs. The exit code is 0 only if every step behaved.
 
 Without `--keep-running` every process is stopped at the end and the throwaway trust domain
 (with its private keys) is deleted; the connection records and process logs stay for reading.
@@ -20,7 +21,6 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -44,6 +44,7 @@ from netshield.operator import admin_client, audit_online
 from netshield.pki.ca import load_ca
 from netshield.pki.csr import build_csr
 from netshield.pki.keys import generate_key, public_key_der
+from netshield.serving import stop_on_signals
 from netshield.tls.material import cas_client_context
 from netshield.trustdomain import Layout, create_trust_domain, load_admin
 
@@ -77,6 +78,10 @@ services:
     measurements: ["{frontend}"]
   intruder:
     measurements: ["{intruder}"]
+native_services:
+  inventory:
+    address: "{inventory_address}"
+    waf: true
 """
 
 
@@ -212,10 +217,8 @@ async def _orders_stream(request: web.Request) -> web.StreamResponse:
 
 
 @contextlib.asynccontextmanager
-async def orders_app() -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_get("/", _orders_index)
-    app.router.add_get("/stream", _orders_stream)
+async def serve_on_loopback(app: web.Application) -> AsyncIterator[str]:
+    """Serve a demo application on 127.0.0.1, port 0; yields its ``host:port``."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner.setup()
     try:
@@ -225,6 +228,31 @@ async def orders_app() -> AsyncIterator[str]:
         yield f"{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def orders_app() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_get("/", _orders_index)
+    app.router.add_get("/stream", _orders_stream)
+    async with serve_on_loopback(app) as address:
+        yield address
+
+
+# --- the inventory application: a native (non-attested) HTTP service behind a WAF route -------
+@contextlib.asynccontextmanager
+async def inventory_app() -> AsyncIterator[tuple[str, list[str]]]:
+    """A plain HTTP service; yields its address and the request targets that reached it."""
+    seen: list[str] = []
+
+    async def index(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        return web.Response(text="inventory: 12 items in stock\n")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", index)
+    async with serve_on_loopback(app) as address:
+        yield address, seen
 
 
 # --- small clients -------------------------------------------------------------------------------
@@ -391,51 +419,53 @@ async def _play(n: Narrator, base: Path, *, keep: bool) -> None:
     (base / "records").mkdir(exist_ok=True)
     layout, measured, current = _prepare(n, base)
     orders_inbound = f"127.0.0.1:{_free_port()}"
-    layout.policy.write_text(
-        DEMO_POLICY.format(
-            td=TRUST_DOMAIN,
-            orders=measured["orders"],
-            frontend=measured["frontend"],
-            intruder=measured["intruder"],
-            orders_address=orders_inbound,
-        )
-    )
-    children = Children(base / "logs")
-    try:
-        async with orders_app() as app_address:
-            cas = await children.spawn(
-                "cas",
-                "cas",
-                "serve",
-                "--policy",
-                str(layout.policy),
-                "--state",
-                str(layout.cas_state),
-                "--listen",
-                "127.0.0.1:0",
-                "--counter",
-                str(base / "cas.counter"),
+    async with inventory_app() as (inventory_address, inventory_seen):
+        layout.policy.write_text(
+            DEMO_POLICY.format(
+                td=TRUST_DOMAIN,
+                orders=measured["orders"],
+                frontend=measured["frontend"],
+                intruder=measured["intruder"],
+                orders_address=orders_inbound,
+                inventory_address=inventory_address,
             )
-            assert cas.ready is not None
-            url = str(cas.ready["url"])
-            n.say(f"CAS running at {url}")
-            stage = await _start_mesh(n, children, base, layout, url, orders_inbound, app_address)
-            await _data_plane_steps(n, stage)
-            await _attestation_refusal_steps(n, stage)
-            ca_pem = (layout.cas_state / "mesh-ca.pem").read_bytes()
-            async with CasClient(url, ssl_context=cas_client_context(ca_pem=ca_pem)) as client:
-                await _replay_step(n, client, current, measured["orders"])
-            await _revocation_step(n, stage)
-            # TODO(WAF): once netshield has its WAF, start a native HTTP service behind a WAF
-            # route here and add the step "an SQL injection to the native service is blocked
-            # (WAF_BLOCKED) while a benign request passes".
-            await _audit_step(n, stage)
-            _print_logs(n, stage)
-            if keep:
-                _print_try(n, stage)
-                await _until_stopped()
-    finally:
-        await children.stop_all()
+        )
+        children = Children(base / "logs")
+        try:
+            async with orders_app() as app_address:
+                cas = await children.spawn(
+                    "cas",
+                    "cas",
+                    "serve",
+                    "--policy",
+                    str(layout.policy),
+                    "--state",
+                    str(layout.cas_state),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--counter",
+                    str(base / "cas.counter"),
+                )
+                assert cas.ready is not None
+                url = str(cas.ready["url"])
+                n.say(f"CAS running at {url}")
+                stage = await _start_mesh(
+                    n, children, base, layout, url, orders_inbound, app_address
+                )
+                await _data_plane_steps(n, stage)
+                await _attestation_refusal_steps(n, stage)
+                ca_pem = (layout.cas_state / "mesh-ca.pem").read_bytes()
+                async with CasClient(url, ssl_context=cas_client_context(ca_pem=ca_pem)) as client:
+                    await _replay_step(n, client, current, measured["orders"])
+                await _revocation_step(n, stage)
+                await _waf_step(n, stage, inventory_seen)
+                await _audit_step(n, stage)
+                _print_logs(n, stage)
+                if keep:
+                    _print_try(n, stage)
+                    await _until_stopped()
+        finally:
+            await children.stop_all()
 
 
 async def _start_mesh(
@@ -461,7 +491,15 @@ async def _start_mesh(
             config("orders", "orders", inbound={"listen": orders_inbound, "upstream": app_address}),
             True,
         ),
-        ("frontend", config("frontend", "frontend", outbound=outbound), True),
+        (
+            "frontend",
+            config(
+                "frontend",
+                "frontend",
+                outbound=[*outbound, {"service": "inventory", "listen": "127.0.0.1:0"}],
+            ),
+            True,
+        ),
         ("intruder", config("intruder", "intruder", outbound=outbound), True),
         (
             "orders-tampered",
@@ -496,7 +534,8 @@ async def _start_mesh(
     stage = Stage(base, layout, url, sidecars, admin_ports)
     n.say(
         f"sidecars attested and ready: orders (inbound {orders_inbound} -> app {app_address}), "
-        f"frontend and intruder (outbound listeners to orders)"
+        f"frontend and intruder (outbound listeners to orders); frontend also has a WAF route "
+        f"to inventory, a native HTTP service without a sidecar"
     )
     n.say(f"connection records: {stage.records}/<sidecar>.jsonl\n")
     return stage
@@ -532,6 +571,33 @@ async def _data_plane_steps(n: Narrator, stage: Stage) -> None:
         "denied PEER_NOT_AUTHORIZED, no byte through",
         f"{len(answer)} bytes back; {record_words(rec, 'intruder')}",
         answer == b"" and rec is not None and rec.get("decision") == "deny",
+    )
+
+
+async def _waf_step(n: Narrator, stage: Stage, seen: list[str]) -> None:
+    route = stage.sidecars["frontend"].listen("outbound:inventory")
+    benign = await http_get_through(route, "/items?supplier=O%27Reilly")
+    attack = await http_get_through(route, "/items?id=1'%20OR%20'1'='1")
+    rec = await wait_record(
+        stage.record_file("frontend"), lambda r: r.get("reason") == "WAF_BLOCKED"
+    )
+    rules = (rec or {}).get("waf") or {}
+    benign_line = benign.split(b"\r\n", 1)[0].decode(errors="replace")
+    attack_line = attack.split(b"\r\n", 1)[0].decode(errors="replace")
+    reached = [target for target in seen if "id=" in target]
+    n.step(
+        "frontend sends inventory (native, WAF route) a benign request and an SQL injection",
+        "benign 200; injection 403 WAF_BLOCKED, never reaches inventory",
+        f"benign {benign_line or 'no answer'}; injection {attack_line or 'no answer'} "
+        f"rules {rules.get('rule_ids')}; {record_words(rec, 'frontend')}; "
+        f"{len(reached)} injected requests reached inventory",
+        " 200 " in benign_line
+        and " 403 " in attack_line
+        and rec is not None
+        and rec.get("decision") == "deny"
+        and "NS-942100" in (rules.get("rule_ids") or [])
+        and not reached
+        and "/items?supplier=O%27Reilly" in seen,
     )
 
 
@@ -686,15 +752,8 @@ def _print_logs(n: Narrator, stage: Stage) -> None:
 
 async def _until_stopped() -> None:
     """Wait for Ctrl-C or SIGTERM; the caller then stops every process."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def _print_try(n: Narrator, stage: Stage) -> None:
@@ -702,6 +761,10 @@ def _print_try(n: Narrator, stage: Stage) -> None:
     n.say(f"\nthe mesh stays up (CAS at {stage.cas_url}); try (Ctrl-C stops everything):")
     n.say(f"  curl http://{frontend.listen('outbound:orders')}/    # frontend -> orders, mTLS")
     n.say(f"  curl http://{stage.sidecars['intruder'].listen('outbound:orders')}/    # denied")
+    n.say(
+        f"  curl \"http://{frontend.listen('outbound:inventory')}/?id=1'%20OR%20'1'='1\""
+        "    # WAF: 403"
+    )
     n.say(f"  netshield logs --follow {stage.record_file('orders')}")
     n.say(f"  netshield status --admin {frontend.listen('admin')}")
     n.say(f"  export NETSHIELD_CAS={stage.cas_url} NETSHIELD_ADMIN={stage.layout.admin_dir}")

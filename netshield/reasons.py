@@ -87,6 +87,7 @@ class Reason(enum.StrEnum):
     DESTINATION_NOT_IN_MESH = "DESTINATION_NOT_IN_MESH"
     UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
     CONNECT_TIMEOUT = "CONNECT_TIMEOUT"
+    WAF_BLOCKED = "WAF_BLOCKED"
     # --- close reasons of connections that were allowed ---
     CLOSED = "CLOSED"
     IDLE_TIMEOUT = "IDLE_TIMEOUT"
@@ -401,6 +402,16 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.DATA_PLANE,
             504,
             "The upstream did not accept the connection within limits.connect_timeout.",
+        ),
+        _r(
+            Reason.WAF_BLOCKED,
+            Stage.DATA_PLANE,
+            403,
+            "The web application firewall of a native route refused the request (the record's "
+            "waf.rule_ids say which rules: NS-942xxx SQL injection, NS-941xxx XSS, NS-930xxx "
+            "path traversal, NS-932xxx command injection, NS-920xxx malformed or over the "
+            "limits; see netshield/waf/rules.py). Fix the caller, or set waf: false on the "
+            "native service if the traffic is trusted.",
         ),
         _r(Reason.CLOSED, Stage.DATA_PLANE, 200, "Both sides finished normally."),
         _r(

@@ -26,6 +26,7 @@ CODES = (
     "TCB_OUT_OF_DATE",
     "NONCE_REUSED",
     "PEER_REVOKED",
+    "WAF_BLOCKED",
 )
 
 
@@ -45,7 +46,7 @@ def test_demo_plays_every_step_with_real_processes_in_under_a_minute(tmp_path: P
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert took < 60, took
     steps = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert len(steps) == 7 and all(line.startswith("[ok]") for line in steps), steps
+    assert len(steps) == 8 and all(line.startswith("[ok]") for line in steps), steps
     assert all("expected" in line and "observed" in line for line in steps)
     for code in CODES:
         assert code in proc.stdout, code

@@ -222,6 +222,26 @@ def test_rejected_clients_see_the_tls_alert_that_says_why(mesh: Mesh, echo: Echo
     good = _s_client(port, "-CAfile", ca, "-cert", good_cert, "-key", good_key, data=b"marker-42\n")
     assert b"marker-42" in good.stdout
     assert echo.bytes_received > 0
+    # TLS 1.2 is refused unless the sidecar config asks for it (inbound.tls_min_version: "1.2")
+    v12 = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-tls1_2",
+            "-CAfile",
+            ca,
+            "-cert",
+            good_cert,
+            "-key",
+            good_key,
+        ],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
+    assert b"protocol version" in v12.stdout + v12.stderr
 
 
 def test_garbage_and_plain_http_on_the_inbound_port_are_denied_and_survived(

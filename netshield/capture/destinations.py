@@ -62,14 +62,21 @@ def _parse(text: object) -> HostPort | None:
         return None
 
 
-def _mesh_entries(slice_: Mapping[str, Any]) -> Iterator[tuple[str, str, HostPort]]:
-    registry = slice_.get("registry")
-    if not isinstance(registry, Mapping):
+def _named_entries(
+    slice_: Mapping[str, Any], section: str
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(name, entry) of a name -> mapping section of the slice, by name; malformed ones left out."""
+    entries = slice_.get(section)
+    if not isinstance(entries, Mapping):
         return
-    for name in sorted(k for k in registry if isinstance(k, str)):
-        entry = registry[name]
-        if not isinstance(entry, Mapping):
-            continue
+    for name in sorted(k for k in entries if isinstance(k, str)):
+        entry = entries[name]
+        if isinstance(entry, Mapping):
+            yield name, entry
+
+
+def _mesh_entries(slice_: Mapping[str, Any]) -> Iterator[tuple[str, str, HostPort]]:
+    for name, entry in _named_entries(slice_, "registry"):
         addresses = entry.get("addresses")
         identity = entry.get("identity")
         if not isinstance(addresses, list | tuple):
@@ -81,12 +88,8 @@ def _mesh_entries(slice_: Mapping[str, Any]) -> Iterator[tuple[str, str, HostPor
 
 
 def _native_entries(slice_: Mapping[str, Any]) -> Iterator[tuple[str, bool, HostPort]]:
-    natives = slice_.get("native_services")
-    if not isinstance(natives, Mapping):
-        return
-    for name in sorted(k for k in natives if isinstance(k, str)):
-        entry = natives[name]
-        if isinstance(entry, Mapping) and (address := _parse(entry.get("address"))) is not None:
+    for name, entry in _named_entries(slice_, "native_services"):
+        if (address := _parse(entry.get("address"))) is not None:
             yield name, entry.get("waf") is True, address
 
 

@@ -8,11 +8,9 @@ listener is bound, one JSON ready line goes to stdout with the bound address (po
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import signal
 import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -29,11 +27,12 @@ from netshield.cas.api import MAX_CONCURRENT_ATTESTATIONS, Clock, make_app, utc_
 from netshield.cas.counter import MonotonicCounter
 from netshield.cas.service import CasService, bootstrap_policy
 from netshield.cas.store import CasStore
-from netshield.errors import NetshieldError, UsageError
+from netshield.errors import UsageError
 from netshield.identity import SpiffeId
 from netshield.netaddr import HostPort
 from netshield.pki.ca import CertificateAuthority, issue_certificate
 from netshield.pki.keys import generate_key
+from netshield.serving import start_site, stop_on_signals
 from netshield.tls.material import cas_server_context
 from netshield.trustdomain import load_cas_material
 
@@ -146,15 +145,7 @@ async def running_cas(options: CasOptions, *, clock: Clock = utc_now) -> AsyncIt
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, options.listen.host, options.listen.port, ssl_context=ctx)
-            try:
-                await site.start()
-            except OSError as err:
-                raise NetshieldError(
-                    f"--listen {options.listen}: cannot bind ({err.strerror})"
-                ) from None
-            sockets = getattr(site._server, "sockets", None) or []
-            bound = HostPort(*sockets[0].getsockname()[:2]) if sockets else options.listen
+            bound = await start_site(runner, options.listen, ssl_context=ctx)
             service.store.audit(
                 "cas.start",
                 {"listen": str(bound), "policy_version": service.stored_policy.version},
@@ -169,11 +160,7 @@ async def running_cas(options: CasOptions, *, clock: Clock = utc_now) -> AsyncIt
 
 async def serve(options: CasOptions, *, out: TextIO | None = None) -> None:
     """Run the CAS until SIGTERM/SIGINT; prints the ready line once the port is bound."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         async with running_cas(options) as cas:
             ready = {
                 "event": "ready",
@@ -191,7 +178,3 @@ async def serve(options: CasOptions, *, out: TextIO | None = None) -> None:
             )
             await stop.wait()
             log.info("CAS stopping")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)

@@ -24,9 +24,10 @@ from netshield.net.relay import RelayHandle, relay
 from netshield.net.streams import PlainStream, Stream, TlsHandshakeError, TlsStream
 from netshield.netaddr import HostPort
 from netshield.reasons import Reason
-from netshield.record import ConnectionRecord, new_conn_id, rfc3339
+from netshield.record import ConnectionRecord, WafOutcome, new_conn_id, rfc3339
 from netshield.sidecar.config import InboundConfig, OutboundConfig
 from netshield.sidecar.livetable import LiveConnection
+from netshield.sidecar.native import native_outbound, native_route
 from netshield.sidecar.runtime import Runtime
 from netshield.tls.contexts import TlsContexts
 from netshield.tls.peer import PeerInfo
@@ -54,6 +55,7 @@ class Attempt:
     contexts: TlsContexts | None = None
     handshake_seconds: float | None = None
     live: LiveConnection | None = None
+    waf: WafOutcome | None = None  # native routes with the WAF on
     recorded: bool = False
 
     def __post_init__(self) -> None:
@@ -93,7 +95,7 @@ class Attempt:
             reason=reason.value,
             detail=detail,
             mode=mode,
-            waf=None,
+            waf=self.waf,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
             duration_ms=round((time.monotonic() - self.t0) * 1000, 3),
@@ -162,8 +164,16 @@ def close_socket(sock: socket.socket) -> None:
         sock.close()
 
 
-def admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
-    """Shutdown, credentials and the connection limit; records the denial when refused."""
+def admit(rt: Runtime, attempt: Attempt, sock: socket.socket) -> TlsContexts | None:
+    """Shutdown, credentials and the connection limit; when refused, records the denial and
+    closes `sock`."""
+    contexts = _admit(rt, attempt)
+    if contexts is None:
+        close_socket(sock)
+    return contexts
+
+
+def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
     contexts = rt.holder.current()
     attempt.contexts = contexts
     limit = rt.config.limits.max_connections
@@ -238,6 +248,20 @@ async def relay_connection(
     )
 
 
+async def relay_plain_to(
+    rt: Runtime, attempt: Attempt, decision: ConnDecision, downstream: Stream, target: HostPort
+) -> None:
+    """Dial `target` in plaintext and relay `downstream` to it; if the dial fails, close
+    `downstream` and record the allowed connection with the dial's close reason."""
+    upstream = await dial(rt, target, PlainStream)
+    if isinstance(upstream, tuple):
+        reason, detail = upstream
+        downstream.close()
+        attempt.finish(decision, bytes_in=0, bytes_out=0, close_reason=reason, detail=detail)
+        return
+    await relay_connection(rt, attempt, decision, downstream, upstream)
+
+
 async def inbound_flow(rt: Runtime, sock: socket.socket, inbound: InboundConfig) -> None:
     """mTLS from another sidecar -> authorize -> plaintext to the local service."""
     caller = caller_of(sock)
@@ -257,9 +281,8 @@ async def serve_inbound(
     """The inbound pipeline for an accepted socket: admit, terminate mTLS, authorize the caller,
     then relay plaintext to `upstream_of()` (read after the decision, so SIGHUP applies)."""
     try:
-        contexts = admit(rt, attempt)
+        contexts = admit(rt, attempt, sock)
         if contexts is None:
-            close_socket(sock)
             return
         loop = asyncio.get_running_loop()
         try:
@@ -289,13 +312,7 @@ async def serve_inbound(
             log.warning("conn=%s inbound %s", attempt.conn_id, decision.detail)
         target = upstream_of()
         attempt.dst = str(target)
-        upstream = await dial(rt, target, PlainStream)
-        if isinstance(upstream, tuple):
-            reason, detail = upstream
-            tls.close()
-            attempt.finish(decision, bytes_in=0, bytes_out=0, close_reason=reason, detail=detail)
-            return
-        await relay_connection(rt, attempt, decision, tls, upstream)
+        await relay_plain_to(rt, attempt, decision, tls, target)
     except asyncio.CancelledError:
         attempt.abandon()
         raise
@@ -346,11 +363,14 @@ async def outbound_flow(
             attempt.deny(Reason.CALLER_NOT_LOCAL, problem)
             close_socket(sock)
             return
-        contexts = admit(rt, attempt)
+        contexts = admit(rt, attempt, sock)
         if contexts is None:
-            close_socket(sock)
             return
         creds = contexts.credentials
+        native = native_route(creds.policy, out.service)
+        if native is not None:
+            await native_outbound(rt, attempt, sock, native, creds.policy_version)
+            return
         pre = may_call_decision(creds.policy, out.service, policy_version=creds.policy_version)
         target = out.address or registry_address(creds.policy, out.service)
         if not pre.allowed or target is None:

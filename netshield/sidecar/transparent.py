@@ -35,18 +35,17 @@ from netshield.capture.destinations import (
 )
 from netshield.capture.origdst import original_dst, was_redirected
 from netshield.net.callers import caller_of
-from netshield.net.streams import PlainStream
 from netshield.netaddr import HostPort
 from netshield.reasons import Reason
 from netshield.sidecar.flows import (
     Attempt,
+    Direction,
     accept_plain,
     admit,
     close_socket,
-    dial,
     local_name,
     mesh_outbound,
-    relay_connection,
+    relay_plain_to,
     serve_inbound,
 )
 from netshield.sidecar.runtime import Runtime
@@ -87,26 +86,38 @@ async def destination_of(slice_: Mapping[str, Any], original: HostPort) -> Desti
     return found
 
 
-async def transparent_outbound_flow(rt: Runtime, sock: socket.socket) -> None:
-    """A captured outbound connection -> mTLS to the mesh service it was going to (or not)."""
+def _captured(
+    rt: Runtime, sock: socket.socket, direction: Direction
+) -> tuple[Attempt, HostPort] | None:
+    """The attempt for a captured connection and the address its caller dialled; None (a deny
+    record, the socket closed) if netfilter did not redirect it here. Outbound attempts name
+    that address as `dst`; inbound ones learn theirs later."""
     caller = caller_of(sock)
     original = original_dst(sock)
     attempt = Attempt(
         rt,
-        "outbound",
+        direction,
         listener=local_name(sock),
         src=caller.address,
-        dst=str(original) if original else "unknown",
+        dst=str(original) if original and direction == "outbound" else "unknown",
         original_dst=str(original) if original else None,
     )
+    if original is None or not was_redirected(sock, original):
+        attempt.deny(Reason.DESTINATION_UNKNOWN, _not_redirected(direction))
+        close_socket(sock)
+        return None
+    return attempt, original
+
+
+async def transparent_outbound_flow(rt: Runtime, sock: socket.socket) -> None:
+    """A captured outbound connection -> mTLS to the mesh service it was going to (or not)."""
+    captured = _captured(rt, sock, "outbound")
+    if captured is None:
+        return
+    attempt, original = captured
     try:
-        if original is None or not was_redirected(sock, original):
-            attempt.deny(Reason.DESTINATION_UNKNOWN, _not_redirected("outbound"))
-            close_socket(sock)
-            return
-        contexts = admit(rt, attempt)
+        contexts = admit(rt, attempt, sock)
         if contexts is None:
-            close_socket(sock)
             return
         creds = contexts.credentials
         destination = await destination_of(creds.policy, original)
@@ -160,33 +171,17 @@ async def _pass_through(
     plain = await accept_plain(attempt, sock)
     if plain is None:
         return
-    upstream = await dial(rt, target, PlainStream)
-    if isinstance(upstream, tuple):
-        reason, detail = upstream
-        plain.close()
-        attempt.finish(decision, bytes_in=0, bytes_out=0, close_reason=reason, detail=detail)
-        return
-    await relay_connection(rt, attempt, decision, plain, upstream)
+    await relay_plain_to(rt, attempt, decision, plain, target)
 
 
 async def transparent_inbound_flow(rt: Runtime, sock: socket.socket) -> None:
     """A captured inbound connection -> mTLS, authorize -> plaintext to the local service's port."""
-    caller = caller_of(sock)
-    original = original_dst(sock)
-    attempt = Attempt(
-        rt,
-        "inbound",
-        listener=local_name(sock),
-        src=caller.address,
-        dst="unknown",
-        original_dst=str(original) if original else None,
-    )
+    captured = _captured(rt, sock, "inbound")
+    if captured is None:
+        return
+    attempt, original = captured
     transparent = rt.config.transparent
     ports = transparent.service_ports if transparent else ()
-    if original is None or not was_redirected(sock, original):
-        attempt.deny(Reason.DESTINATION_UNKNOWN, _not_redirected("inbound"))
-        close_socket(sock)
-        return
     if original.port not in ports:
         attempt.deny(
             Reason.DESTINATION_UNKNOWN,

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import stat
 import sys
 import threading
@@ -41,6 +40,7 @@ from netshield.logs.reader import ReadStats, parse_line
 from netshield.netaddr import HostPort
 from netshield.policy import parse_policy
 from netshield.reasons import Reason
+from netshield.serving import start_site, stop_on_signals
 from netshield.trustdomain import AdminCredential
 from netshield.ui.graph import MeshGraph, revocation_from_feed
 from netshield.ui.page import content_security_policy, render_page
@@ -346,16 +346,7 @@ async def running_ui(options: UiOptions) -> AsyncIterator[tuple[HostPort, LiveGr
     await runner.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
-        site = web.TCPSite(runner, options.listen.host, options.listen.port)
-        try:
-            await site.start()
-        except OSError as err:
-            raise NetshieldError(
-                f"--listen {options.listen}: cannot bind ({err.strerror})"
-            ) from None
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            bound = HostPort(*sockets[0].getsockname()[:2])
+        bound = await start_site(runner, options.listen)
         for path in options.records:
             if not path.exists():
                 log.warning("%s does not exist yet; the view shows its records once it does", path)
@@ -377,11 +368,7 @@ async def running_ui(options: UiOptions) -> AsyncIterator[tuple[HostPort, LiveGr
 
 async def serve(options: UiOptions, *, out: TextIO | None = None) -> None:
     """Run until SIGTERM/SIGINT; prints the ready line once the port is bound."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         async with running_ui(options) as (bound, _live):
             url = f"http://{bound}/"
             ready = {
@@ -395,10 +382,6 @@ async def serve(options: UiOptions, *, out: TextIO | None = None) -> None:
             print(json.dumps(ready), file=out or sys.stdout, flush=True)
             log.info("live view at %s", url)
             await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
 
 
 __all__ = ["LiveGraph", "UiOptions", "allowed_hosts", "make_app", "running_ui", "serve"]
