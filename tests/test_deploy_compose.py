@@ -101,7 +101,7 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
 ) -> None:
     assert mesh["exit"] == 0, mesh["story"]
     steps = [line for line in mesh["story"].splitlines() if "| [" in line]
-    assert len(steps) == 8 and all("| [ok]" in line for line in steps), mesh["story"]
+    assert len(steps) == 9 and all("| [ok]" in line for line in steps), mesh["story"]
     for code in (
         "PEER_NOT_AUTHORIZED",
         "TLS_HANDSHAKE_FAILED",
@@ -109,6 +109,7 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
         "MEASUREMENT_NOT_ALLOWED",
         "TCB_OUT_OF_DATE",
         "PEER_REVOKED",
+        "WAF_BLOCKED",
     ):
         assert code in mesh["story"], code
     assert "netshield logs /shared/records/orders.jsonl" in mesh["story"]
@@ -117,7 +118,7 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
 
 def test_transparent_capture_carries_the_allowed_call_as_mutual_tls(mesh: dict[str, Any]) -> None:
     assert "installed capture rules" in mesh["logs"]  # the init steps ran
-    out = [r for r in records(mesh, "frontend") if r["decision"] == "allow"]
+    out = [r for r in records(mesh, "frontend") if r["decision"] == "allow" and r["waf"] is None]
     assert out and all(r["original_dst"].endswith(":8080") for r in out)  # dialled orders:8080
     assert all(r["peer_identity"].endswith("/svc/orders") for r in out)
     inbound = [r for r in records(mesh, "orders") if r["decision"] == "allow"]
@@ -137,6 +138,12 @@ def test_every_denial_is_in_the_connection_records(mesh: dict[str, Any]) -> None
     assert all(r["bytes_out"] == 0 and r["peer_identity"] is None for r in denied.values())
     revoked = [r for r in orders if r["close_reason"] == "PEER_REVOKED"]
     assert len(revoked) == 1 and revoked[0]["decision"] == "allow"  # allowed, then cut off
+    # the SQL injection to the native service was stopped at frontend's WAF route
+    frontend = [r for r in records(mesh, "frontend") if r["decision"] == "deny"]
+    assert [r["reason"] for r in frontend] == ["WAF_BLOCKED"]
+    assert "NS-942100" in frontend[0]["waf"]["rule_ids"] and frontend[0]["original_dst"].endswith(
+        ":8080"
+    )
 
 
 def test_the_tampered_workload_and_the_old_platform_are_refused_at_attestation(

@@ -381,7 +381,7 @@ def test_native_service_is_recognised_from_the_registry_and_passed_through(
     assert answer == f"ANSWER from-legacy to {marker}\n"
     rec = wait_record(w.record_file("a"), lambda r: r["original_dst"] == f"{c.ip}:{NATIVE_PORT}")
     assert rec["decision"] == "allow" and rec["reason"] == "OK"
-    assert "native service legacy" in rec["detail"]
+    assert "native_services.legacy" in rec["detail"] and "waf off" in rec["detail"]
 
 
 # --- point 3: only redirected connections, only to the local service -----------------------------

@@ -50,6 +50,7 @@ CAS_URL = os.environ.get("NETSHIELD_CAS", "https://cas:8443")
 TRUST_DOMAIN = os.environ.get("NETSHIELD_TRUST_DOMAIN", "compose.netshield.local")
 ORDERS = os.environ.get("ORDERS_ADDR", "127.0.0.1:15101")  # frontend's way to orders
 ORDERS_SIDECAR = os.environ.get("ORDERS_SIDECAR", "orders:15001")  # what the attacker aims at
+LEGACY = os.environ.get("LEGACY_ADDR", "legacy:8080")  # the native service, dialled as always
 ADMIN = "127.0.0.1:15000"  # frontend's sidecar admin listener (same network namespace)
 WAIT = 90.0  # other containers' steps may still be starting
 ATTACKER_DONE = SHARED / "attacker" / "done"
@@ -150,9 +151,7 @@ async def narrate() -> int:
         )
         n.step(title, f"refused {reason} at attestation", observed, entry is not None)
     await revocation_step(n, orders_log)
-    # TODO(WAF): once netshield has its WAF, route frontend's calls to the native `legacy`
-    # service through a WAF route and add the step "an SQL injection is blocked (WAF_BLOCKED)
-    # while a benign request passes".
+    await waf_step(n, RECORDS / "frontend.jsonl")
     await wait_for_file(ATTACKER_DONE)  # the attacker's sidecars stopped attesting
     verdict, ok = await verify_audit(CAS_URL, SHARED / "td" / "admin")
     n.step("operator verifies the CAS audit log", "an intact hash chain", verdict, ok)
@@ -165,6 +164,27 @@ async def narrate() -> int:
     failed = sum(1 for ok in n.results if not ok)
     say(f"\n{failed} of {len(n.results)} steps did not behave as expected.")
     return 1
+
+
+async def waf_step(n: Narrator, frontend_log: Path) -> None:
+    """frontend dials the native `legacy` service as always; capture sends it through the WAF."""
+    benign = await http_get_through(LEGACY, "/")
+    attack = await http_get_through(LEGACY, "/?id=1'%20OR%20'1'='1")
+    rec = await wait_record(frontend_log, functools.partial(has_reason, "WAF_BLOCKED"), WAIT)
+    rules = (rec or {}).get("waf") or {}
+    benign_line = benign.split(b"\r\n", 1)[0].decode(errors="replace")
+    attack_line = attack.split(b"\r\n", 1)[0].decode(errors="replace")
+    n.step(
+        "frontend sends legacy (native, WAF route) a benign request and an SQL injection",
+        "benign 200; injection 403 WAF_BLOCKED",
+        f"benign {benign_line or 'no answer'}; injection {attack_line or 'no answer'} "
+        f"rules {rules.get('rule_ids')}; {record_words(rec, 'frontend')}",
+        " 200 " in benign_line
+        and " 403 " in attack_line
+        and rec is not None
+        and rec.get("decision") == "deny"
+        and "NS-942100" in (rules.get("rule_ids") or []),
+    )
 
 
 async def revocation_step(n: Narrator, orders_log: Path) -> None:

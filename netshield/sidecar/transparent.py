@@ -48,6 +48,7 @@ from netshield.sidecar.flows import (
     relay_plain_to,
     serve_inbound,
 )
+from netshield.sidecar.native import NativeRoute, native_outbound
 from netshield.sidecar.runtime import Runtime
 
 log = logging.getLogger("netshield.sidecar")
@@ -133,14 +134,9 @@ async def transparent_outbound_flow(rt: Runtime, sock: socket.socket) -> None:
                 rt, attempt, sock, contexts, destination.service, destination.address, pre
             )
             return
-        if isinstance(destination, NativeDestination):
-            decision = ConnDecision(
-                True,
-                Reason.OK,
-                f"{original} is the native service {destination.service} "
-                f"(native_services.{destination.service}): passed through in plaintext",
-            )
-            await _pass_through(rt, attempt, sock, original, decision)
+        if isinstance(destination, NativeDestination):  # the native route, with its WAF
+            route = NativeRoute(destination.service, original, destination.waf)
+            await native_outbound(rt, attempt, sock, route, creds.policy_version)
             return
         transparent = rt.config.transparent
         if transparent is None or transparent.mode == "strict":
