@@ -176,6 +176,21 @@ class Mesh:
         self.procs.append(self.cas)
         return self.cas
 
+    def admin_args(self) -> list[str]:
+        """`--cas URL --admin DIR`: how operator commands reach this mesh's CAS."""
+        assert self.cas is not None
+        return ["--cas", str(self.cas.ready["url"]), "--admin", str(self.layout.admin_dir)]
+
+    def cas_admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run an operator command, e.g. `cas_admin("revoke", "--service", "x")`; it must succeed."""
+        return subprocess.run(
+            netshield_cmd("cas", *args, *self.admin_args()),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
     def sidecar_config(self, service: str, **sections: Any) -> Path:
         assert self.cas is not None
         doc: dict[str, Any] = {

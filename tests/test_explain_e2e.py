@@ -53,12 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "allowed": allowed,
             "refused_in": refused_in,
             "refused_out": refused_out,
-            "cas": [
-                "--cas",
-                str(mesh.cas.ready["url"]) if mesh.cas else "",
-                "--admin",
-                str(mesh.layout.admin_dir),
-            ],
+            "cas": mesh.admin_args(),
             "orders_log": str(mesh.root / "orders.records.jsonl"),
         }
     finally:

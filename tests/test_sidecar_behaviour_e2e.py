@@ -11,7 +11,6 @@ import io
 import os
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,6 @@ from netshield.pki.keys import private_key_pem
 from netshield.policy import policy_hash
 from netshield.tls.credentials import MeshCredentials
 from tests.mesh_support import EchoServer, Mesh, http_get, make_mesh, roundtrip
-from tests.support import netshield_cmd
 from tests.test_sidecar_e2e import _s_client, _write_cert
 
 pytestmark = pytest.mark.slow
@@ -209,23 +207,7 @@ def test_raising_the_epoch_reattests_everyone_and_cuts_off_stale_peers(
         new_file = tmp_path / "policy-v2.yaml"
         new_file.write_text(new)
         assert mesh.cas is not None
-        subprocess.run(
-            netshield_cmd(
-                "cas",
-                "policy",
-                "apply",
-                str(new_file),
-                "--previous",
-                policy_hash(text),
-                "--cas",
-                str(mesh.cas.ready["url"]),
-                "--admin",
-                str(mesh.layout.admin_dir),
-            ),
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        mesh.cas_admin("policy", "apply", str(new_file), "--previous", policy_hash(text))
         t0 = time.monotonic()
         closed = b"?"
         frozen.settimeout(10)

@@ -24,7 +24,6 @@ from netshield.pki.ca import create_root_ca, issue_certificate, load_ca
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.keys import generate_key, private_key_pem
 from tests.mesh_support import TD, EchoServer, Mesh, Proc, http_get, make_mesh, roundtrip, sha256
-from tests.support import netshield_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -271,21 +270,7 @@ def test_revoked_peer_is_cut_off_mid_connection(mesh: Mesh, echo: EchoServer) ->
         assert s.recv(100) == b"ping"
         assert mesh.cas is not None
         revoked_at = time.monotonic()
-        subprocess.run(
-            netshield_cmd(
-                "cas",
-                "revoke",
-                "--serial",
-                ident["serial"],
-                "--cas",
-                str(mesh.cas.ready["url"]),
-                "--admin",
-                str(mesh.layout.admin_dir),
-            ),
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        mesh.cas_admin("revoke", "--serial", ident["serial"])
         s.settimeout(10)
         closed = b""
         with contextlib.suppress(OSError):
@@ -312,21 +297,7 @@ def test_revoked_service_is_refused_in_both_directions(mesh: Mesh, echo: EchoSer
     assert roundtrip(frontend.addr("outbound:orders"), b"before") == b"before"
     cert, key = _write_cert(mesh, "frontend-copy", ca_kind="mesh", service="frontend")
     assert mesh.cas is not None
-    subprocess.run(
-        netshield_cmd(
-            "cas",
-            "revoke",
-            "--service",
-            "frontend",
-            "--cas",
-            str(mesh.cas.ready["url"]),
-            "--admin",
-            str(mesh.layout.admin_dir),
-        ),
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    mesh.cas_admin("revoke", "--service", "frontend")
     _, port = orders.addr("inbound")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # orders learns it from the feed within seconds

@@ -28,7 +28,6 @@ import pytest
 
 from netshield.ui.page import COLORS
 from tests.mesh_support import EchoServer, Mesh, Proc, http_get, make_mesh, roundtrip, start
-from tests.support import netshield_cmd
 from tests.test_ui_graph import rec
 
 pytestmark = pytest.mark.slow
@@ -241,21 +240,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         with socket.create_connection(frontend.addr("outbound:orders"), timeout=10) as s:
             s.sendall(b"ping")
             assert s.recv(100) == b"ping"
-            subprocess.run(
-                netshield_cmd(
-                    "cas",
-                    "revoke",
-                    "--serial",
-                    ident["serial"],
-                    "--cas",
-                    str(mesh.cas.ready["url"]),
-                    "--admin",
-                    str(mesh.layout.admin_dir),
-                ),
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
+            mesh.cas_admin("revoke", "--serial", ident["serial"])
             s.settimeout(10)
             with contextlib.suppress(OSError):
                 assert s.recv(100) == b""
@@ -291,7 +276,7 @@ def test_chromium_draws_the_mesh_with_counts_a_denied_edge_and_the_revoked_insta
     mesh = recorded.mesh
     assert mesh.cas is not None
     records = [str(p) for p in recorded.incident]
-    cas = ["--cas", str(mesh.cas.ready["url"]), "--admin", str(mesh.layout.admin_dir)]
+    cas = mesh.admin_args()
     ui = run_ui(tmp_path, "--records", *records, *cas)
     try:
         url = ui.ready["url"]
