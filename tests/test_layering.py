@@ -60,3 +60,18 @@ def test_the_check_itself_catches_an_io_import(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import socket\nfrom asyncio import sleep\n")
     assert {"socket", "asyncio"} <= imports_of(probe)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def test_no_two_modules_import_each_other() -> None:
+    graph = {_module_name(p): imports_of(p) for p in sorted(PKG.rglob("*.py"))}
+    mutual = sorted(
+        (a, b) for a, deps in graph.items() for b in deps if a < b and a in graph.get(b, set())
+    )
+    assert not mutual, f"modules that import each other: {mutual}"

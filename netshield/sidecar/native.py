@@ -20,17 +20,15 @@ import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from netshield.authz import ConnDecision
 from netshield.netaddr import HostPort
 from netshield.reasons import Reason
 from netshield.record import WafOutcome
+from netshield.sidecar.connection import Attempt, accept_plain, relay_plain_to
 from netshield.sidecar.runtime import Runtime
 from netshield.waf import HttpRequest, ParseError, RequestParser, Verdict, inspect, refusal
-
-if TYPE_CHECKING:
-    from netshield.sidecar.flows import Attempt
 
 log = logging.getLogger("netshield.sidecar")
 
@@ -104,8 +102,7 @@ async def native_outbound(
     policy_version: int | None,
 ) -> None:
     """Serve one admitted connection on a native route (see the module docstring). `attempt` is
-    the flow's `netshield.sidecar.flows.Attempt`."""
-    from netshield.sidecar.flows import accept_plain, relay_plain_to
+    the flow's record-to-be."""
 
     attempt.dst = str(route.address)
     decision = ConnDecision(

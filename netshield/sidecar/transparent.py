@@ -37,17 +37,15 @@ from netshield.capture.origdst import original_dst, was_redirected
 from netshield.net.callers import caller_of
 from netshield.netaddr import HostPort
 from netshield.reasons import Reason
-from netshield.sidecar.flows import (
+from netshield.sidecar.connection import (
     Attempt,
     Direction,
     accept_plain,
     admit,
     close_socket,
-    local_name,
-    mesh_outbound,
     relay_plain_to,
-    serve_inbound,
 )
+from netshield.sidecar.flows import local_name, mesh_outbound, serve_inbound
 from netshield.sidecar.native import NativeRoute, native_outbound
 from netshield.sidecar.runtime import Runtime
 
