@@ -45,6 +45,7 @@ class Reason(enum.StrEnum):
     QUOTE_MALFORMED = "QUOTE_MALFORMED"
     QUOTE_FORMAT_UNSUPPORTED = "QUOTE_FORMAT_UNSUPPORTED"
     PLATFORM_CERT_UNTRUSTED = "PLATFORM_CERT_UNTRUSTED"
+    PLATFORM_CLAIM_NOT_CERTIFIED = "PLATFORM_CLAIM_NOT_CERTIFIED"
     QUOTE_SIGNATURE_INVALID = "QUOTE_SIGNATURE_INVALID"
     PLATFORM_REVOKED = "PLATFORM_REVOKED"
     TCB_OUT_OF_DATE = "TCB_OUT_OF_DATE"
@@ -157,6 +158,14 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             403,
             "The platform certificate does not chain to a trusted vendor root; re-provision the platform "
             "with `netshield platform init` from this trust domain's vendor root.",
+        ),
+        _r(
+            Reason.PLATFORM_CLAIM_NOT_CERTIFIED,
+            Stage.ATTESTATION,
+            403,
+            "The quote claims a platform id, TCB level or debug mode its vendor certificate does not "
+            "certify; re-provision the platform with `netshield platform init` (and --debug only "
+            "where debug is meant).",
         ),
         _r(
             Reason.QUOTE_SIGNATURE_INVALID,

@@ -143,6 +143,11 @@ CASES: list[tuple[str, dict[str, object], str]] = [
     ("revoked platform", {"platform": "p-revoked"}, "PLATFORM_REVOKED"),
     ("old firmware", {"platform": "p-old"}, "TCB_OUT_OF_DATE"),
     ("debug workload, service forbids debug", {"platform": "p-debug"}, "DEBUG_NOT_ALLOWED"),
+    (
+        "debug platform signs debug off",
+        {"platform": "DEBUG_SIGNS_OFF"},
+        "PLATFORM_CLAIM_NOT_CERTIFIED",
+    ),
     ("unknown nonce", {"nonce": b"\x01" * 32}, "NONCE_UNKNOWN"),
     ("CSR swapped after quoting", {"swap_csr": True}, "REPORT_DATA_MISMATCH"),
     (
@@ -172,6 +177,8 @@ async def test_attestation_refusal_names_its_reason(
             ov["csr_pem"] = build_csr(generate_key(), SpiffeId.for_service(TD, "orders"))
         if ov.get("platform") == "ROGUE":
             ov["platform"] = _other_vendor_platform(domain)
+        if ov.get("platform") == "DEBUG_SIGNS_OFF":  # certified debug on, signs debug off
+            ov["platform"] = dataclasses.replace(domain.platforms["p-debug"], debug=False)
         assert await attempt(domain, cas, **ov) == expected  # type: ignore[arg-type]
         # the refusal is in the audit log with the same code
         entries = running.service.store.audit_entries()

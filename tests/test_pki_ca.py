@@ -288,7 +288,12 @@ def test_spiffe_id_of_is_none_without_exactly_one_valid_uri(
 def test_platform_certificate_carries_its_claims(tmp_path: Path) -> None:
     vendor = create_root_ca("sim vendor root", now=NOW)
     cert = issue_platform_certificate(
-        vendor, public_key=generate_key().public_key(), platform_id="plat-7", tcb_level=3, now=NOW
+        vendor,
+        public_key=generate_key().public_key(),
+        platform_id="plat-7",
+        tcb_level=3,
+        debug=False,
+        now=NOW,
     )
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "plat-7"
     claims = platform_claims_of(cert)
@@ -308,7 +313,12 @@ def test_platform_certificate_does_not_verify_under_another_vendor(tmp_path: Pat
     vendor = create_root_ca("sim vendor root", now=NOW)
     other = create_root_ca("sim vendor root", now=NOW)
     cert = issue_platform_certificate(
-        vendor, public_key=generate_key().public_key(), platform_id="plat-7", tcb_level=3, now=NOW
+        vendor,
+        public_key=generate_key().public_key(),
+        platform_id="plat-7",
+        tcb_level=3,
+        debug=False,
+        now=NOW,
     )
     assert not _openssl_verify(tmp_path, other, cert)
 
@@ -317,9 +327,13 @@ def test_platform_certificate_refuses_bad_claims() -> None:
     vendor = create_root_ca("v", now=NOW)
     key = generate_key().public_key()
     with pytest.raises(ValueError):
-        issue_platform_certificate(vendor, public_key=key, platform_id="", tcb_level=1, now=NOW)
+        issue_platform_certificate(
+            vendor, public_key=key, platform_id="", tcb_level=1, debug=False, now=NOW
+        )
     with pytest.raises(ValueError):
-        issue_platform_certificate(vendor, public_key=key, platform_id="p", tcb_level=-1, now=NOW)
+        issue_platform_certificate(
+            vendor, public_key=key, platform_id="p", tcb_level=-1, debug=False, now=NOW
+        )
 
 
 # --- load_ca --------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from netshield.pki.keys import generate_key
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 DIGEST = "0123456789abcdef" * 4
 
-der_values = st.one_of(st.binary(max_size=300), st.text(max_size=100), st.integers())
+der_values = st.one_of(st.binary(max_size=300), st.text(max_size=100), st.integers(), st.booleans())
 claim_ints = st.integers(min_value=0, max_value=2**63 - 1)
 attestation_claims = st.builds(
     AttestationClaims,
@@ -45,7 +45,10 @@ attestation_claims = st.builds(
     epoch=claim_ints,
 )
 platform_claims = st.builds(
-    PlatformClaims, platform_id=st.text(min_size=1, max_size=255), tcb_level=claim_ints
+    PlatformClaims,
+    platform_id=st.text(min_size=1, max_size=255),
+    tcb_level=claim_ints,
+    debug=st.none() | st.booleans(),
 )
 
 
@@ -158,10 +161,10 @@ def test_der_decoder_refuses_non_der(data: bytes, why: str) -> None:
             decode_der_sequence(data)
 
 
-def test_der_encoder_refuses_bool() -> None:
+def test_der_encoder_keeps_bool_and_int_apart() -> None:
     assert encode_der_sequence([1]) == bytes.fromhex("3003020101")
-    with pytest.raises(TypeError):
-        encode_der_sequence([True])
+    assert encode_der_sequence([True]) == bytes.fromhex("30030101ff")  # a BOOLEAN, not INTEGER 1
+    assert type(decode_der_sequence(bytes.fromhex("3003020101"))[0]) is int
 
 
 # --- the claims ---------------------------------------------------------------------------------
@@ -210,8 +213,20 @@ def test_attestation_claims_decoder_refuses_wrong_shapes() -> None:
 
 
 def test_platform_claims_decoder_refuses_wrong_shapes() -> None:
-    assert decode_platform_claims(encode_der_sequence(["p1", 3])) == PlatformClaims("p1", 3)
-    shapes: list[list[DerValue]] = [["", 3], [b"p1", 3], ["p1"], ["p1", -3], ["p1", 3, 4]]
+    # a certificate from before the debug claim: nothing about debug is certified
+    assert decode_platform_claims(encode_der_sequence(["p1", 3])) == PlatformClaims("p1", 3, None)
+    assert decode_platform_claims(encode_der_sequence(["p1", 3, True])) == PlatformClaims(
+        "p1", 3, True
+    )
+    shapes: list[list[DerValue]] = [
+        ["", 3],
+        [b"p1", 3],
+        ["p1"],
+        ["p1", -3],
+        ["p1", 3, 4],  # debug must be a BOOLEAN, not an INTEGER
+        ["p1", True, False],  # and the TCB level an INTEGER, not a BOOLEAN
+        ["p1", 3, False, False],
+    ]
     for items in shapes:
         with pytest.raises(ValueError):
             decode_platform_claims(encode_der_sequence(items))
@@ -272,9 +287,14 @@ def test_leaf_without_claims_has_none() -> None:
 def test_platform_claims_are_read_back_from_a_platform_cert() -> None:
     vendor = create_root_ca("vendor", now=NOW)
     cert = issue_platform_certificate(
-        vendor, public_key=generate_key().public_key(), platform_id="p-1", tcb_level=4, now=NOW
+        vendor,
+        public_key=generate_key().public_key(),
+        platform_id="p-1",
+        tcb_level=4,
+        debug=False,
+        now=NOW,
     )
-    assert platform_claims_of(cert) == PlatformClaims("p-1", 4)
+    assert platform_claims_of(cert) == PlatformClaims("p-1", 4, False)
     assert attestation_claims_of(cert) is None
 
 
@@ -294,10 +314,18 @@ def test_malformed_claims_extension_raises_value_error() -> None:
         x509.UnrecognizedExtension(PLATFORM_CLAIMS_OID, encode_der_sequence(["p", 1])),
         critical=False,
     ).sign(key, hashes.SHA256())
-    assert platform_claims_of(good) == PlatformClaims("p", 1)
+    assert platform_claims_of(good) == PlatformClaims("p", 1, None)
     bad = builder.add_extension(
         x509.UnrecognizedExtension(PLATFORM_CLAIMS_OID, b"\x30\x03\x02\x01"), critical=False
     ).sign(key, hashes.SHA256())
     assert bad.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(ValueError):
         platform_claims_of(bad)
+
+
+def test_der_boolean_is_one_octet_00_or_ff() -> None:
+    assert encode_der_sequence([True, False]) == b"\x30\x06\x01\x01\xff\x01\x01\x00"
+    assert decode_der_sequence(b"\x30\x06\x01\x01\xff\x01\x01\x00") == [True, False]
+    for bad in (b"\x30\x03\x01\x01\x01", b"\x30\x04\x01\x02\xff\xff", b"\x30\x02\x01\x00"):
+        with pytest.raises(ValueError):
+            decode_der_sequence(bad)

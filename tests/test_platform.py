@@ -145,21 +145,22 @@ def test_load_platform_refuses_a_malformed_platform_json(tmp_path, platform, con
         load_platform(tmp_path)
 
 
-def test_load_platform_keeps_the_debug_setting_from_platform_json(tmp_path, platform):
-    save_platform(platform, tmp_path)
-    (tmp_path / PLATFORM_JSON).write_text(
-        json.dumps({"platform_id": "host-a", "tcb_level": 3, "debug": True})
-    )
+def test_the_debug_flag_is_certified_with_the_platform(tmp_path, vendor):
+    debug = create_platform(vendor, platform_id="host-d", tcb_level=3, debug=True, now=NOW)
+    save_platform(debug, tmp_path)
     assert load_platform(tmp_path).debug is True
 
 
-@pytest.mark.parametrize(("platform_id", "tcb_level"), [("host-b", 3), ("host-a", 4)])
+@pytest.mark.parametrize(
+    ("platform_id", "tcb_level", "debug"),
+    [("host-b", 3, False), ("host-a", 4, False), ("host-a", 3, True)],
+)
 def test_load_platform_refuses_settings_that_contradict_the_certificate(
-    tmp_path, platform, platform_id, tcb_level
+    tmp_path, platform, platform_id, tcb_level, debug
 ):
     save_platform(platform, tmp_path)
     (tmp_path / PLATFORM_JSON).write_text(
-        json.dumps({"platform_id": platform_id, "tcb_level": tcb_level, "debug": False})
+        json.dumps({"platform_id": platform_id, "tcb_level": tcb_level, "debug": debug})
     )
     with pytest.raises(NetshieldError, match="certifies"):
         load_platform(tmp_path)

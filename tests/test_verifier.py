@@ -8,8 +8,10 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +26,7 @@ from netshield.attestation.quote import (
 from netshield.attestation.verifier import QuoteVerifier, SimulatedQuoteVerifier, VerifiedQuote
 from netshield.errors import QuoteError
 from netshield.pki.ca import create_root_ca, issue_platform_certificate
+from netshield.pki.certext import PLATFORM_CLAIMS_OID, encode_der_sequence
 from netshield.pki.keys import generate_key
 from netshield.reasons import Reason
 
@@ -131,6 +134,7 @@ def _short_lived_platform(vendor) -> Platform:
         public_key=key.public_key(),
         platform_id="host-a",
         tcb_level=3,
+        debug=False,
         now=NOW,
         lifetime=timedelta(days=1),
     )
@@ -155,15 +159,48 @@ def test_verifier_refuses_a_quote_whose_platform_id_differs_from_the_certificate
 ):
     assert verifier.verify(make_quote(platform), now=NOW)
     impostor = dataclasses.replace(platform, platform_id="host-b")
-    err = refused(verifier, make_quote(impostor), Reason.PLATFORM_CERT_UNTRUSTED)
+    err = refused(verifier, make_quote(impostor), Reason.PLATFORM_CLAIM_NOT_CERTIFIED)
     assert "'host-a'" in str(err)
 
 
 def test_verifier_refuses_a_quote_claiming_a_higher_tcb_level_than_certified(verifier, platform):
     assert verifier.verify(make_quote(platform), now=NOW)
     upgraded = dataclasses.replace(platform, tcb_level=platform.tcb_level + 1)
-    err = refused(verifier, make_quote(upgraded), Reason.PLATFORM_CERT_UNTRUSTED)
+    err = refused(verifier, make_quote(upgraded), Reason.PLATFORM_CLAIM_NOT_CERTIFIED)
     assert "TCB level 3" in str(err)
+
+
+def test_verifier_refuses_a_debug_platform_that_signs_debug_off(vendor, verifier):
+    debug = create_platform(vendor, platform_id="host-d", tcb_level=3, debug=True, now=NOW)
+    assert verifier.verify(make_quote(debug), now=NOW).body.debug is True
+    lying = dataclasses.replace(debug, debug=False)
+    err = refused(verifier, make_quote(lying), Reason.PLATFORM_CLAIM_NOT_CERTIFIED)
+    assert "signs debug off but its certificate certifies debug on" in str(err)
+
+
+def test_verifier_refuses_a_platform_whose_certificate_predates_the_debug_claim(vendor, verifier):
+    key = generate_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host-a")])
+    legacy = (  # PlatformClaims without the debug element, as certificates were made before it
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(vendor.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(
+            x509.UnrecognizedExtension(PLATFORM_CLAIMS_OID, encode_der_sequence(["host-a", 3])),
+            critical=False,
+        )
+        .sign(vendor.key, hashes.SHA256())
+    )
+    err = refused(
+        verifier,
+        make_quote(Platform("host-a", 3, False, legacy, key)),
+        Reason.PLATFORM_CLAIM_NOT_CERTIFIED,
+    )
+    assert "does not certify the debug flag" in str(err)
 
 
 def test_verifier_refuses_the_vendor_root_itself_as_a_platform(vendor, verifier, platform):

@@ -1,9 +1,10 @@
 """The simulated platform: the stand-in for a CPU's attestation hardware.
 
 A platform has an id, a TCB level, a debug flag and an ECDSA P-256 signing key whose certificate
-is issued by a simulated vendor root (the stand-in for the CPU vendor's root CA); the id and TCB
-level are certified in that certificate (`PlatformClaims`), the debug flag is a property of how
-the platform launches workloads. `Platform.quote` signs a quote body with the platform key.
+is issued by a simulated vendor root (the stand-in for the CPU vendor's root CA); the id, the TCB
+level and the debug flag are all certified in that certificate (`PlatformClaims`), so a platform
+cannot sign a claim its vendor did not certify. `Platform.quote` signs a quote body with the
+platform key.
 
 On disk a platform is a directory of three files: ``platform.json`` (id, TCB level, debug),
 ``platform.pem`` (the certificate) and ``platform.key`` (the private key, mode 0600).
@@ -89,7 +90,8 @@ class Platform:
 def create_platform(
     vendor: CertificateAuthority, *, platform_id: str, tcb_level: int, debug: bool, now: datetime
 ) -> Platform:
-    """A new platform with a fresh key, certified by `vendor` for `platform_id` and `tcb_level`."""
+    """A new platform with a fresh key, certified by `vendor` for `platform_id`, `tcb_level` and
+    `debug`."""
     problem = _platform_id_problem(platform_id, limit=MAX_NEW_PLATFORM_ID_CHARS)
     if problem is not None:
         raise NetshieldError(f"platform id {platform_id!r} {problem}", hint=_ID_HINT)
@@ -99,7 +101,12 @@ def create_platform(
         )
     key = generate_key()
     cert = issue_platform_certificate(
-        vendor, public_key=key.public_key(), platform_id=platform_id, tcb_level=tcb_level, now=now
+        vendor,
+        public_key=key.public_key(),
+        platform_id=platform_id,
+        tcb_level=tcb_level,
+        debug=debug,
+        now=now,
     )
     return Platform(platform_id, tcb_level, debug, cert, key)
 
@@ -161,6 +168,11 @@ def load_platform(directory: Path) -> Platform:
             json_path,
             f"says platform {platform_id!r} at TCB level {tcb_level} but {PLATFORM_CERT} "
             f"certifies {claims.platform_id!r} at TCB level {claims.tcb_level}",
+        )
+    if claims.debug is not debug:
+        certified = "nothing about debug" if claims.debug is None else f"debug {claims.debug}"
+        raise _file_error(
+            json_path, f"says debug {debug} but {PLATFORM_CERT} certifies {certified}"
         )
     key = load_private_key(key_path)
     if _spki(key.public_key()) != _spki(cert.public_key()):

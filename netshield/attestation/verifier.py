@@ -11,8 +11,10 @@ at the first failure with a `QuoteError` carrying the reason:
 
 1. decoding: `QUOTE_MALFORMED` / `QUOTE_FORMAT_UNSUPPORTED`;
 2. the platform certificate parses, is an EC P-256 signing certificate directly signed by one
-   of the vendor roots, it and that root are valid at `now`, and it carries `PlatformClaims`
-   whose platform id and TCB level equal the body's: else `PLATFORM_CERT_UNTRUSTED`;
+   of the vendor roots, it and that root are valid at `now`, and it carries `PlatformClaims`:
+   else `PLATFORM_CERT_UNTRUSTED`; the body's platform id, TCB level and debug flag are the ones
+   the certificate certifies: else `PLATFORM_CLAIM_NOT_CERTIFIED` (a platform cannot vouch for
+   a claim its vendor did not certify);
 3. the ECDSA-SHA256 signature over the exact body bytes verifies with the platform certificate's
    key: else `QUOTE_SIGNATURE_INVALID`.
 
@@ -40,8 +42,8 @@ from netshield.reasons import Reason
 
 @dataclass(frozen=True)
 class VerifiedQuote:
-    """A quote body whose signature chains to a trusted vendor root; `platform_id` and
-    `tcb_level` are the certified values (equal to the body's)."""
+    """A quote body whose signature chains to a trusted vendor root; `platform_id`, `tcb_level`
+    and the body's debug flag are the certified values (equal to the body's)."""
 
     body: QuoteBody
     platform_id: str
@@ -122,9 +124,19 @@ class SimulatedQuoteVerifier(QuoteVerifier):
         if claims is None:
             raise _untrusted(f"{where}: the certificate carries no platform claims")
         if (claims.platform_id, claims.tcb_level) != (body.platform_id, body.tcb_level):
-            raise _untrusted(
+            raise _uncertified(
                 f"{where} at TCB level {body.tcb_level}: the certificate is for platform "
                 f"{claims.platform_id!r} at TCB level {claims.tcb_level}"
+            )
+        if claims.debug is not body.debug:
+            certified = (
+                "does not certify the debug flag (re-create the platform)"
+                if claims.debug is None
+                else f"certifies debug {'on' if claims.debug else 'off'}"
+            )
+            raise _uncertified(
+                f"{where} signs debug {'on' if body.debug else 'off'} but its certificate "
+                f"{certified}"
             )
         return cert, public_key
 
@@ -156,3 +168,7 @@ def _may_sign(cert: x509.Certificate) -> bool:
 
 def _untrusted(message: str) -> QuoteError:
     return QuoteError(message, reason=Reason.PLATFORM_CERT_UNTRUSTED)
+
+
+def _uncertified(message: str) -> QuoteError:
+    return QuoteError(message, reason=Reason.PLATFORM_CLAIM_NOT_CERTIFIED)

@@ -148,11 +148,13 @@ def issue_platform_certificate(
     public_key: CertificatePublicKeyTypes,
     platform_id: str,
     tcb_level: int,
+    debug: bool,
     now: datetime,
     lifetime: timedelta = DEFAULT_CA_LIFETIME,
 ) -> x509.Certificate:
-    """Certify a simulated platform's quote-signing key: CN = platform id, PlatformClaims."""
-    claims = PlatformClaims(platform_id, tcb_level)
+    """Certify a simulated platform's quote-signing key: CN = platform id, PlatformClaims (id,
+    TCB level and debug flag)."""
+    claims = PlatformClaims(platform_id, tcb_level, debug)
     if len(platform_id) > MAX_COMMON_NAME:
         raise ValueError(f"platform_id must be at most {MAX_COMMON_NAME} characters")
     builder = _leaf_builder(

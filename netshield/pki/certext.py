@@ -14,10 +14,13 @@ ASN.1 (both extensions are non-critical):
         epoch          INTEGER (0..2^63-1),        -- the policy's certificate epoch
         platformId     UTF8String (SIZE (0..255)) } -- the attested platform ("" if unknown)
 
-    -- netshield platform claims, in every simulated platform certificate
+    -- netshield platform claims, in every simulated platform certificate: everything the CAS
+    -- decides on about a platform is certified here by the vendor, never taken from the quote
     PlatformClaims ::= SEQUENCE {
         platformId     UTF8String (SIZE (1..255)),
-        tcbLevel       INTEGER (0..2^63-1) }
+        tcbLevel       INTEGER (0..2^63-1),
+        debug          BOOLEAN OPTIONAL }  -- absent only in certificates made before it existed:
+                                           -- such a platform's debug flag is not certified
 """
 
 from __future__ import annotations
@@ -39,20 +42,21 @@ MAX_PLATFORM_ID_CHARS = 255
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 # ---------------------------------------------------------------------------------------------
-# A minimal DER codec: one SEQUENCE of UTF8String / OCTET STRING / INTEGER.
+# A minimal DER codec: one SEQUENCE of UTF8String / OCTET STRING / INTEGER / BOOLEAN.
 
+_TAG_BOOLEAN = 0x01
 _TAG_SEQUENCE = 0x30
 _TAG_UTF8STRING = 0x0C
 _TAG_OCTET_STRING = 0x04
 _TAG_INTEGER = 0x02
 _MAX_LENGTH_OCTETS = 4
 
-DerValue = bytes | str | int
-"""A SEQUENCE element: bytes = OCTET STRING, str = UTF8String, int = INTEGER."""
+DerValue = bytes | str | int | bool
+"""A SEQUENCE element: bytes = OCTET STRING, str = UTF8String, int = INTEGER, bool = BOOLEAN."""
 
 
 def encode_der_sequence(items: Sequence[DerValue]) -> bytes:
-    """DER of a SEQUENCE of the given elements (bool is not an INTEGER and is refused)."""
+    """DER of a SEQUENCE of the given elements (a bool is a BOOLEAN, never an INTEGER)."""
     body = b"".join(_encode_element(item) for item in items)
     return _tlv(_TAG_SEQUENCE, body)
 
@@ -74,7 +78,7 @@ def decode_der_sequence(data: bytes) -> list[DerValue]:
 
 def _encode_element(item: DerValue) -> bytes:
     if isinstance(item, bool):
-        raise TypeError("bool is not a DER element type here")
+        return _tlv(_TAG_BOOLEAN, b"\xff" if item else b"\x00")
     if isinstance(item, bytes):
         return _tlv(_TAG_OCTET_STRING, item)
     if isinstance(item, str):
@@ -88,6 +92,10 @@ def _encode_element(item: DerValue) -> bytes:
 
 
 def _decode_element(tag: int, value: bytes) -> DerValue:
+    if tag == _TAG_BOOLEAN:
+        if value not in (b"\x00", b"\xff"):
+            raise ValueError("DER BOOLEAN is not one octet 0x00 or 0xff")
+        return value == b"\xff"
     if tag == _TAG_OCTET_STRING:
         return value
     if tag == _TAG_UTF8STRING:
@@ -181,10 +189,12 @@ class AttestationClaims:
 
 @dataclass(frozen=True, slots=True)
 class PlatformClaims:
-    """What a vendor root certifies about a (simulated) platform."""
+    """What a vendor root certifies about a (simulated) platform. `debug` is None only when
+    read from a certificate that predates the debug claim (nothing about debug is certified)."""
 
     platform_id: str
     tcb_level: int
+    debug: bool | None = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.platform_id, str) or not self.platform_id:
@@ -192,6 +202,8 @@ class PlatformClaims:
         if len(self.platform_id) > MAX_PLATFORM_ID_CHARS:
             raise ValueError(f"platform_id must be at most {MAX_PLATFORM_ID_CHARS} characters")
         _check_int("tcb_level", self.tcb_level)
+        if self.debug is not None and not isinstance(self.debug, bool):
+            raise ValueError("debug must be true, false or None")
 
 
 def encode_attestation_claims(claims: AttestationClaims) -> bytes:
@@ -213,16 +225,23 @@ def decode_attestation_claims(data: bytes) -> AttestationClaims:
 
 
 def encode_platform_claims(claims: PlatformClaims) -> bytes:
-    """The DER encoding of `claims`."""
-    return encode_der_sequence([claims.platform_id, claims.tcb_level])
+    """The DER encoding of `claims` (the debug element left out only when it is None)."""
+    items: list[DerValue] = [claims.platform_id, claims.tcb_level]
+    if claims.debug is not None:
+        items.append(claims.debug)
+    return encode_der_sequence(items)
 
 
 def decode_platform_claims(data: bytes) -> PlatformClaims:
     """Parse the DER of a PlatformClaims; `ValueError` on anything else."""
     items = decode_der_sequence(data)
     match items:
-        case [str() as platform_id, int() as tcb_level]:
-            return PlatformClaims(platform_id, tcb_level)
+        case [str() as platform_id, int() as tcb_level] if not isinstance(tcb_level, bool):
+            return PlatformClaims(platform_id, tcb_level, None)
+        case [str() as platform_id, int() as tcb_level, bool() as debug] if not isinstance(
+            tcb_level, bool
+        ):
+            return PlatformClaims(platform_id, tcb_level, debug)
     raise ValueError("not a netshield PlatformClaims SEQUENCE")
 
 
