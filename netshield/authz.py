@@ -9,10 +9,11 @@ this service may call it. A service in `audit` mode gets would-be denials allowe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.tls.peer import PeerInfo
 
@@ -80,23 +81,22 @@ def _serial(peer: PeerInfo) -> str:
     return format(peer.serial, "x") if peer.serial is not None else "unknown"
 
 
-def _audited(decision: ConnDecision, mode: str) -> ConnDecision:
+def _audited(decision: ConnDecision, mode: Mode) -> ConnDecision:
     if decision.allowed or mode != "audit" or decision.reason is not Reason.PEER_NOT_AUTHORIZED:
         return decision
     return ConnDecision(True, decision.reason, f"audit mode, allowed: {decision.detail}", "audit")
 
 
 def authorize_inbound(
-    slice_: Mapping[str, Any], peer: PeerInfo, check: RevocationCheck, *, policy_version: int
+    slice_: PolicySlice, peer: PeerInfo, check: RevocationCheck, *, policy_version: int
 ) -> ConnDecision:
     """May `peer` call the local service? The slice is the one the CAS issued with our certificate."""
-    local = str(slice_["service"])
-    problem = _identity_problem(peer, str(slice_["trust_domain"])) or _revoked(peer, check)
+    local = slice_.service
+    problem = _identity_problem(peer, slice_.trust_domain) or _revoked(peer, check)
     if problem:
         return problem
     caller = peer.service
-    allowed = set(slice_.get("allowed_callers", ()))
-    if caller in allowed:
+    if caller in slice_.allowed_callers:
         return _allow(
             f"{caller} is in services.{local}.allowed_callers (policy version {policy_version})"
         )
@@ -105,11 +105,11 @@ def authorize_inbound(
         f"{caller} is not in services.{local}.allowed_callers (policy version {policy_version}); "
         f"add `{caller}` there to allow it",
     )
-    return _audited(decision, str(slice_.get("authorization", "enforce")))
+    return _audited(decision, slice_.authorization)
 
 
 def authorize_outbound(
-    slice_: Mapping[str, Any],
+    slice_: PolicySlice,
     destination: str,
     peer: PeerInfo,
     check: RevocationCheck,
@@ -117,7 +117,7 @@ def authorize_outbound(
     policy_version: int,
 ) -> ConnDecision:
     """Is the server we reached really `destination`, and may the local service call it?"""
-    trust_domain = str(slice_["trust_domain"])
+    trust_domain = slice_.trust_domain
     problem = _identity_problem(peer, trust_domain)
     if problem:
         return problem
@@ -133,21 +133,17 @@ def authorize_outbound(
 
 
 def may_call_decision(
-    slice_: Mapping[str, Any], destination: str, *, policy_version: int
+    slice_: PolicySlice, destination: str, *, policy_version: int
 ) -> ConnDecision:
     """The caller-side view of the callee's allowed_callers (decided before dialling)."""
-    local = str(slice_["service"])
-    if destination in set(slice_.get("may_call", ())):
+    local = slice_.service
+    if destination in slice_.may_call:
         return _allow(
             f"{local} is in services.{destination}.allowed_callers (policy version {policy_version})"
         )
-    registry = slice_.get("registry", {})
-    entry = registry.get(destination, {}) if isinstance(registry, Mapping) else {}
     decision = _deny(
         Reason.PEER_NOT_AUTHORIZED,
         f"{local} is not in services.{destination}.allowed_callers (policy version {policy_version}); "
         f"add `{local}` there to allow it",
     )
-    return _audited(
-        decision, str(entry.get("authorization", "enforce")) if isinstance(entry, Mapping) else ""
-    )
+    return _audited(decision, slice_.authorization_of(destination))

@@ -8,7 +8,7 @@ has its own explainer (`EXPLAINERS`); a code this version does not know still ge
 
 `check_access` is the dry run behind `netshield cas check-access CALLER CALLEE`: it runs the
 sidecars' own decision functions (`netshield.authz`: the caller's outbound check and the callee's
-inbound check) on the slices `netshield.policy.slice_for` cuts from the policy, and explains the
+inbound check) on the slices `netshield.policyslice.slice_for` cuts from the policy, and explains the
 outcome with the same `explain_record`, so both commands say the same thing.
 
 Pure: values in, values out; time is passed in.
@@ -25,7 +25,8 @@ from netshield.identity import SpiffeId
 from netshield.logs.parties import Parties, expected_service, parties, service_of
 from netshield.logs.table import human_bytes, human_duration
 from netshield.pki.certext import AttestationClaims
-from netshield.policy import Policy, may_call, slice_for
+from netshield.policy import Policy, may_call
+from netshield.policyslice import slice_for
 from netshield.reasons import REASONS, Reason, reason
 from netshield.record import ConnectionRecord, rfc3339
 from netshield.schema import did_you_mean

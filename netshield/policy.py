@@ -1,8 +1,8 @@
 """The trust policy: which workloads may get a certificate, and which services may call which.
 
 Responsibility: parse the policy YAML into frozen values (`Policy`), answer the questions the
-CAS and the sidecars ask of it (`may_call`, `slice_for`), hash its exact text, and write the
-commented starter policy used by `netshield init`.
+CAS and the sidecars ask of it (`may_call`; a sidecar's slice is cut in `netshield.policyslice`),
+hash its exact text, and write the commented starter policy used by `netshield init`.
 
 Guarantees: `parse_policy` returns a `Policy` or raises `ConfigError` listing every problem in the
 document by key path (unknown keys, bad values, callers that name no service, addresses claimed
@@ -19,9 +19,8 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
-from netshield.errors import ConfigError, NetshieldError, Problem
-from netshield.identity import SpiffeId, name_problem, trust_domain_problem
-from netshield.reasons import Reason
+from netshield.errors import ConfigError, Problem
+from netshield.identity import name_problem, trust_domain_problem
 from netshield.schema import (
     Bool,
     Duration,
@@ -288,41 +287,6 @@ def may_call(policy: Policy, caller: str, callee: str) -> bool:
     )
 
 
-def slice_for(policy: Policy, service: str) -> dict[str, Any]:
-    """The part of the policy a service's sidecar needs, as JSON-able data.
-
-    `registry` lists every service in the mesh (its addresses and identity), so a sidecar can
-    recognise a mesh destination it may not call and refuse it instead of passing it through.
-    Raises NetshieldError(SERVICE_UNKNOWN) for a service the policy does not name.
-    """
-    own = policy.services.get(service)
-    if own is None:
-        hint = did_you_mean(service, list(policy.services)) or "the policy has no services"
-        raise NetshieldError(
-            f"no service {service!r} in the policy ({hint})", reason=Reason.SERVICE_UNKNOWN
-        )
-    return {
-        "service": service,
-        "trust_domain": policy.trust_domain,
-        "may_call": sorted(name for name in policy.services if may_call(policy, service, name)),
-        "allowed_callers": sorted(own.allowed_callers),
-        "authorization": own.authorization,
-        "min_epoch": policy.certificates.min_epoch,
-        "registry": {
-            name: {
-                "addresses": list(svc.addresses),
-                "identity": str(SpiffeId.for_service(policy.trust_domain, name)),
-                "authorization": svc.authorization,
-            }
-            for name, svc in sorted(policy.services.items())
-        },
-        "native_services": {
-            name: {"address": native.address, "waf": native.waf}
-            for name, native in sorted(policy.native_services.items())
-        },
-    }
-
-
 # --- the starter policy ---------------------------------------------------------------------
 
 PLACEHOLDER_MEASUREMENT = "0" * 64
@@ -416,6 +380,5 @@ __all__ = [
     "may_call",
     "parse_policy",
     "policy_hash",
-    "slice_for",
     "starter_policy",
 ]

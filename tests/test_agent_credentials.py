@@ -11,6 +11,7 @@ import pytest
 from netshield.agent.credentials import CredentialHolder
 from netshield.identity import SpiffeId
 from netshield.pki.keys import generate_key, private_key_pem
+from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.tls.contexts import TlsContexts
 from netshield.tls.credentials import MeshCredentials
@@ -38,7 +39,7 @@ def contexts(serial: int, not_after: datetime) -> TlsContexts:
         not_after=not_after,
         epoch=2,
         policy_version=1,
-        policy={},
+        policy=PolicySlice(service="orders", trust_domain=TD),
         measurement="a1" * 32,
     )
     return TlsContexts(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from netshield.authz import authorize_inbound, authorize_outbound, may_call_decision
 from netshield.identity import SpiffeId
 from netshield.pki.certext import AttestationClaims
+from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.tls.peer import PeerInfo
 
@@ -27,18 +26,22 @@ def peer(uri: str | None, *, serial: int = 0xABC, epoch: int = 2) -> PeerInfo:
     )
 
 
-def orders_slice(mode: str = "enforce") -> dict[str, Any]:
-    return {
-        "service": "orders",
-        "trust_domain": TD,
-        "allowed_callers": ["frontend"],
-        "authorization": mode,
-        "may_call": ["payments"],
-        "registry": {
-            "payments": {"authorization": "enforce"},
-            "audit-svc": {"authorization": "audit"},
-        },
-    }
+def orders_slice(mode: str = "enforce") -> PolicySlice:
+    return PolicySlice.from_json(
+        {
+            "service": "orders",
+            "trust_domain": TD,
+            "allowed_callers": ["frontend"],
+            "authorization": mode,
+            "may_call": ["payments"],
+            "min_epoch": 1,
+            "registry": {
+                name: {"identity": f"spiffe://{TD}/svc/{name}", "addresses": [], "authorization": m}
+                for name, m in (("payments", "enforce"), ("audit-svc", "audit"))
+            },
+            "native_services": {},
+        }
+    )
 
 
 def ok(_p: PeerInfo) -> Reason | None:

@@ -18,6 +18,7 @@ PURE = [
     "netaddr",
     "schema",
     "policy",
+    "policyslice",
     "pki",
     "attestation",
     "cas/auditlog.py",

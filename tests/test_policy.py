@@ -18,9 +18,9 @@ from netshield.policy import (
     may_call,
     parse_policy,
     policy_hash,
-    slice_for,
     starter_policy,
 )
+from netshield.policyslice import PolicySlice, slice_for
 from netshield.reasons import Reason
 
 M1, M2, M3 = "a" * 64, "b" * 64, "c" * 64
@@ -291,8 +291,10 @@ def test_may_call_follows_allowed_callers() -> None:
 
 def test_slice_for_gives_a_sidecar_its_part_of_the_policy() -> None:
     policy = parse_policy(POLICY)
-    frontend = slice_for(policy, "frontend")
+    typed = slice_for(policy, "frontend")
+    frontend = typed.to_json()
     assert json.loads(json.dumps(frontend)) == frontend
+    assert PolicySlice.from_json(frontend) == typed
     assert frontend == {
         "service": "frontend",
         "trust_domain": "prod.example.org",
@@ -320,8 +322,8 @@ def test_slice_for_gives_a_sidecar_its_part_of_the_policy() -> None:
         "native_services": {"billing": {"address": "billing.internal:9000", "waf": False}},
     }
     orders = slice_for(policy, "orders")
-    assert orders["may_call"] == [] and orders["allowed_callers"] == ["frontend"]
-    assert orders["authorization"] == "audit"
+    assert orders.may_call == frozenset() and orders.allowed_callers == {"frontend"}
+    assert orders.authorization == "audit"
 
 
 def test_slice_for_an_unknown_service_is_service_unknown() -> None:

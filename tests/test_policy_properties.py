@@ -19,8 +19,8 @@ from netshield.policy import (
     ServicePolicy,
     may_call,
     parse_policy,
-    slice_for,
 )
+from netshield.policyslice import PolicySlice, slice_for
 from netshield.schema import format_duration
 
 KEYS = [
@@ -172,8 +172,10 @@ def test_valid_policies_roundtrip(case: tuple[dict[str, Any], Policy]) -> None:
     policy = parse_policy(yaml.safe_dump(doc, sort_keys=False))
     assert policy == expected
     for name, service in policy.services.items():
-        data = slice_for(policy, name)
+        typed = slice_for(policy, name)
+        data = typed.to_json()
         assert json.loads(json.dumps(data)) == data
+        assert PolicySlice.from_json(data) == typed
         assert data["allowed_callers"] == sorted(service.allowed_callers)
         for callee in data["may_call"]:
             assert may_call(policy, name, callee)

@@ -19,6 +19,7 @@ from netshield.identity import SpiffeId
 from netshield.pki.ca import CertificateAuthority, create_root_ca, issue_certificate
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.keys import certs_pem, generate_key, private_key_pem
+from netshield.policyslice import PolicySlice
 from netshield.tls.contexts import build_contexts, client_context, server_context
 from netshield.tls.credentials import MeshCredentials
 from netshield.tls.endpoint import HandshakeComplete, TlsEndpoint, TlsEvent
@@ -69,7 +70,7 @@ class Pki:
             not_after=cert.not_valid_after_utc.isoformat(),
             policy_version=4,
             epoch=epoch,
-            policy={"service": service},
+            policy=PolicySlice(service=service, trust_domain=TD).to_json(),
         )
         return MeshCredentials.from_attestation(answer, key)
 
@@ -119,15 +120,23 @@ def test_credentials_carry_the_leaf_facts(pki: Pki) -> None:
     assert creds.spiffe_id == SpiffeId.for_service(TD, "orders")
     assert creds.epoch == 7 and creds.policy_version == 4 and creds.measurement == MEASUREMENT
     assert creds.not_after - creds.not_before == timedelta(minutes=11)  # 10m + clock skew
-    assert creds.serial > 0 and creds.policy == {"service": "orders"}
+    assert creds.serial > 0 and creds.policy == PolicySlice(service="orders", trust_domain=TD)
 
 
 def test_credentials_refuse_a_chain_for_another_key(pki: Pki) -> None:
     good = pki.creds("orders")
-    answer = Credentials(good.chain_pem, good.trust_bundle_pem, "", "", "", 4, 2, {})
+    slice_ = good.policy.to_json()
+    answer = Credentials(good.chain_pem, good.trust_bundle_pem, "", "", "", 4, 2, slice_)
     assert MeshCredentials.from_attestation(answer, good.key).serial == good.serial
     with pytest.raises(ValueError, match="does not certify"):
         MeshCredentials.from_attestation(answer, generate_key())
+
+
+def test_credentials_refuse_a_malformed_policy_slice(pki: Pki) -> None:
+    good = pki.creds("orders")
+    answer = Credentials(good.chain_pem, good.trust_bundle_pem, "", "", "", 4, 2, {})
+    with pytest.raises(ValueError, match=r"malformed policy slice: .*policy\.service"):
+        MeshCredentials.from_attestation(answer, good.key)
 
 
 def test_credentials_refuse_a_leaf_without_claims(pki: Pki) -> None:

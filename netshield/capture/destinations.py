@@ -5,8 +5,8 @@ policy slice the CAS issued (its `registry` of mesh services with their addresse
 and its `native_services`), say whether the destination is a mesh service (open mutual TLS to it,
 expecting its identity), a native service (no sidecar: plaintext), or outside the mesh.
 
-Guarantees: pure and total: any slice shape gives an answer (malformed entries are skipped, never
-raised on). An address matches when the port is equal and the host is the same IP (IPv4-mapped
+Guarantees: pure and total: every slice (typed and checked when the credentials arrived) gives
+an answer. An address matches when the port is equal and the host is the same IP (IPv4-mapped
 IPv6 counts as IPv4) or a name that `resolved` maps to that IP. Mesh services are matched before
 native services, and services in name order, so the answer never depends on dict order.
 """
@@ -16,9 +16,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from netshield.netaddr import HostPort
+from netshield.policyslice import PolicySlice
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,47 +53,18 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
-def _parse(text: object) -> HostPort | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return HostPort.parse(text, allow_zero=False)
-    except ValueError:
-        return None
+def _mesh_entries(slice_: PolicySlice) -> Iterator[tuple[str, str, HostPort]]:
+    for name, entry in sorted(slice_.registry.items()):
+        for address in entry.addresses:
+            yield name, entry.identity, address
 
 
-def _named_entries(
-    slice_: Mapping[str, Any], section: str
-) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """(name, entry) of a name -> mapping section of the slice, by name; malformed ones left out."""
-    entries = slice_.get(section)
-    if not isinstance(entries, Mapping):
-        return
-    for name in sorted(k for k in entries if isinstance(k, str)):
-        entry = entries[name]
-        if isinstance(entry, Mapping):
-            yield name, entry
+def _native_entries(slice_: PolicySlice) -> Iterator[tuple[str, bool, HostPort]]:
+    for name, entry in sorted(slice_.native_services.items()):
+        yield name, entry.waf, entry.address
 
 
-def _mesh_entries(slice_: Mapping[str, Any]) -> Iterator[tuple[str, str, HostPort]]:
-    for name, entry in _named_entries(slice_, "registry"):
-        addresses = entry.get("addresses")
-        identity = entry.get("identity")
-        if not isinstance(addresses, list | tuple):
-            continue
-        for text in addresses:
-            address = _parse(text)
-            if address is not None:
-                yield name, str(identity) if isinstance(identity, str) else "", address
-
-
-def _native_entries(slice_: Mapping[str, Any]) -> Iterator[tuple[str, bool, HostPort]]:
-    for name, entry in _named_entries(slice_, "native_services"):
-        if (address := _parse(entry.get("address"))) is not None:
-            yield name, entry.get("waf") is True, address
-
-
-def registry_hostnames(slice_: Mapping[str, Any]) -> set[str]:
+def registry_hostnames(slice_: PolicySlice) -> set[str]:
     """Registry and native-service hosts that are names, not IPs (to resolve before `classify`)."""
     hosts = {a.host for _n, _i, a in _mesh_entries(slice_)}
     hosts |= {a.host for _n, _w, a in _native_entries(slice_)}
@@ -112,7 +83,7 @@ def matches(address: HostPort, original: HostPort, resolved: Mapping[str, frozen
 
 
 def classify(
-    slice_: Mapping[str, Any],
+    slice_: PolicySlice,
     original: HostPort,
     resolved: Mapping[str, frozenset[str]] | None = None,
 ) -> Destination:

@@ -32,7 +32,8 @@ from netshield.pki.ca import CertificateAuthority, issue_certificate
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.csr import parse_csr
 from netshield.pki.keys import public_key_der
-from netshield.policy import Policy, parse_policy, policy_hash, slice_for
+from netshield.policy import Policy, parse_policy, policy_hash
+from netshield.policyslice import PolicySlice, slice_for
 from netshield.reasons import Reason
 
 log = logging.getLogger("netshield.cas")
@@ -87,7 +88,7 @@ class Issued:
     spiffe_id: SpiffeId
     policy_version: int
     epoch: int
-    policy_slice: dict[str, Any]
+    policy_slice: PolicySlice
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,7 +99,7 @@ class Issued:
             "not_after": self.certificate.not_valid_after_utc.isoformat(),
             "policy_version": self.policy_version,
             "epoch": self.epoch,
-            "policy": self.policy_slice,
+            "policy": self.policy_slice.to_json(),
         }
 
 

@@ -9,12 +9,10 @@ connection is relayed and recorded when it closes. Every log line carries the co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from netshield.authz import ConnDecision, authorize_inbound, authorize_outbound, may_call_decision
 from netshield.net.callers import caller_of, local_caller_problem
@@ -94,17 +92,6 @@ async def serve_inbound(
         raise
 
 
-def registry_address(policy: Mapping[str, Any], service: str) -> HostPort | None:
-    """The first address the service registry (from the CAS) lists for `service`."""
-    registry = policy.get("registry", {})
-    entry = registry.get(service) if isinstance(registry, Mapping) else None
-    addresses = entry.get("addresses", []) if isinstance(entry, Mapping) else []
-    for text in addresses:
-        with contextlib.suppress(ValueError):
-            return HostPort.parse(str(text), allow_zero=False)
-    return None
-
-
 def current_outbound(rt: Runtime, index: int, started_with: OutboundConfig) -> OutboundConfig:
     """The listener's config as of now (SIGHUP may have changed its address override)."""
     outbound = rt.config.outbound
@@ -148,7 +135,7 @@ async def outbound_flow(
             await native_outbound(rt, attempt, sock, native, creds.policy_version)
             return
         pre = may_call_decision(creds.policy, out.service, policy_version=creds.policy_version)
-        target = out.address or registry_address(creds.policy, out.service)
+        target = out.address or creds.policy.address_of(out.service)
         if not pre.allowed or target is None:
             attempt.deny(
                 pre.reason if not pre.allowed else Reason.DESTINATION_UNKNOWN,

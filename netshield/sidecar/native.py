@@ -18,12 +18,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from netshield.authz import ConnDecision
 from netshield.netaddr import HostPort
+from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.record import WafOutcome
 from netshield.sidecar.connection import Attempt, accept_plain, relay_plain_to
@@ -50,18 +49,12 @@ class NativeRoute:
     waf: bool
 
 
-def native_route(policy: Mapping[str, Any], service: str) -> NativeRoute | None:
-    """The policy slice's native service `service`, or None when it is not one (or its address
-    does not parse, which the CAS's policy validation rules out)."""
-    natives = policy.get("native_services", {})
-    entry = natives.get(service) if isinstance(natives, Mapping) else None
-    if not isinstance(entry, Mapping):
+def native_route(policy: PolicySlice, service: str) -> NativeRoute | None:
+    """The policy slice's native service `service`, or None when it is not one."""
+    entry = policy.native_services.get(service)
+    if entry is None:
         return None
-    try:
-        address = HostPort.parse(str(entry.get("address")), allow_zero=False)
-    except ValueError:
-        return None
-    return NativeRoute(service, address, entry.get("waf") is not False)
+    return NativeRoute(service, entry.address, entry.waf)
 
 
 def refusal_response(status: int, verdict: Verdict) -> bytes:

@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Mapping
-from typing import Any
 
 from netshield.authz import ConnDecision, may_call_decision
 from netshield.capture.destinations import (
@@ -36,6 +34,7 @@ from netshield.capture.destinations import (
 from netshield.capture.origdst import original_dst, was_redirected
 from netshield.net.callers import caller_of
 from netshield.netaddr import HostPort
+from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.sidecar.connection import (
     Attempt,
@@ -75,7 +74,7 @@ async def _resolve(hosts: set[str]) -> dict[str, frozenset[str]]:
     return resolved
 
 
-async def destination_of(slice_: Mapping[str, Any], original: HostPort) -> Destination:
+async def destination_of(slice_: PolicySlice, original: HostPort) -> Destination:
     """`classify`, resolving registry host names only when no IP literal matched."""
     found = classify(slice_, original)
     if isinstance(found, OutsideMesh):

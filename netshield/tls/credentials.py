@@ -1,19 +1,17 @@
 """A sidecar's mesh credentials as one immutable value: chain, key, trust bundle, parsed facts.
 
 Responsibility: hold what one successful attestation produced (certificate chain, private key,
-trust bundle, policy slice) together with the facts parsed from the leaf certificate (SPIFFE id,
+trust bundle, typed policy slice) together with the facts parsed from the leaf certificate (SPIFFE id,
 serial, validity, attestation claims), so the rest of the sidecar never re-parses certificates.
 Guarantees: the private key never appears in repr/str (field repr=False); `from_attestation`
-refuses a chain whose leaf does not certify `key`, has no SPIFFE id or no attestation claims
-(`ValueError` with a readable message); `expired(now)` is pure.
+refuses a chain whose leaf does not certify `key`, has no SPIFFE id or no attestation claims,
+and a malformed policy slice (`ValueError` with a readable message); `expired(now)` is pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +21,7 @@ from netshield.identity import SpiffeId
 from netshield.pki.ca import spiffe_id_of
 from netshield.pki.certext import attestation_claims_of
 from netshield.pki.keys import public_key_der
+from netshield.policyslice import PolicySlice
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class MeshCredentials:
     not_after: datetime
     epoch: int
     policy_version: int
-    policy: Mapping[str, Any]
+    policy: PolicySlice
     measurement: str
 
     @classmethod
@@ -69,7 +68,7 @@ class MeshCredentials:
             not_after=leaf.not_valid_after_utc,
             epoch=claims.epoch,
             policy_version=claims.policy_version,
-            policy=creds.policy,
+            policy=PolicySlice.from_json(creds.policy),
             measurement=claims.measurement,
         )
 
