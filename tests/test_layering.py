@@ -22,6 +22,10 @@ PURE = [
     "pki",
     "attestation",
     "cas/auditlog.py",
+    "cas/store/model.py",
+    "cas/store/integrity.py",
+    "cas/store/backend.py",
+    "cas/store/sql.py",
 ]
 FORBIDDEN_EDGES = [("agent", "netshield.cas"), ("cas", "netshield.agent")]
 
@@ -76,3 +80,15 @@ def test_no_two_modules_import_each_other() -> None:
         (a, b) for a, deps in graph.items() for b in deps if a < b and a in graph.get(b, set())
     )
     assert not mutual, f"modules that import each other: {mutual}"
+
+
+DATABASE_DRIVERS = {"sqlite3", "psycopg", "psycopg_pool"}
+
+
+def test_cas_store_logic_reaches_databases_only_through_the_storage_interface() -> None:
+    core = PKG / "cas" / "store" / "core.py"
+    bad = {m for m in imports_of(core) if m.split(".")[0] in DATABASE_DRIVERS}
+    assert not bad, f"cas/store/core.py imports {sorted(bad)}"
+    for module in ("model", "integrity", "backend", "sql", "sqlite"):
+        imported = imports_of(PKG / "cas" / "store" / f"{module}.py")
+        assert not {"netshield.cas.store.core", "netshield.cas.store.rollback"} & imported

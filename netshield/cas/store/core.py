@@ -1,0 +1,485 @@
+"""The CAS state: policy versions, nonces, issued serials, revocations and the audit log.
+
+`CasStore` is the state's logic, written once above the storage interface (`backend`): every
+mutating call writes its rows and exactly one audit entry in one chained transaction of its
+backend, commits, and then advances the monotonic counter (kept outside the database) to the
+new audit head.
+
+Guarantees (AM7.1, disk rollback), whatever the backend (the checks are in `rollback`):
+- `CasStore.attach` (and `CasStore.open` for a state directory) fails closed, with one
+  sentence naming the database and the fix, when the audit chain is broken, when the rows no
+  longer match the audit log, when the log is behind its monotonic counter or diverges from it
+  (an older or another copy was restored), when the counter is missing for a non-empty
+  database (unless ``adopt_counter``), and, with the default counter location, when the
+  database of a location that had a state was deleted.
+- A crash between commit and counter update leaves the log one step ahead; the next open
+  checks that the log still contains the counter's head and then catches the counter up.
+- Nonces are not audited (they are the hot path); a restored copy that would revive a used
+  nonce is still caught, because every consumed nonce is followed by an audited decision.
+- No key material is stored: nonces are kept as SHA-256 digests; certificates only by serial,
+  fingerprint and claims.
+
+Concurrency: every audited mutation holds one re-entrant lock for its whole duration
+(transaction and counter write included), so the asyncio thread and worker threads may call
+it concurrently and see serialized effects and a counter that only moves forward. Nonce calls
+and reads need only the backend. Mutating calls fsync the counter; call them from a worker
+thread if that matters.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from netshield.cas.auditlog import GENESIS, AuditEntry, make_entry, rfc3339
+from netshield.cas.counter import (
+    CounterValue,
+    MonotonicCounter,
+    default_counter_path,
+)
+from netshield.cas.store.backend import Backend, StateTx
+from netshield.cas.store.model import (
+    EV_ADOPT,
+    EV_ALLOW,
+    EV_CREATE,
+    EV_DENY,
+    EV_POLICY,
+    EV_REVOKE,
+    NONCE_BYTES,
+    RESERVED_EVENTS,
+    REVOCATION_KINDS,
+    SCHEMA_VERSION,
+    IssuedCert,
+    Revocation,
+    RevocationKind,
+    StoredPolicy,
+    nonce_digest,
+    parse_serial,
+    policy_text_hash,
+    serial_hex,
+)
+from netshield.cas.store.rollback import (
+    check_meta,
+    check_on_open,
+    mark_state,
+    refuse_unexpected_layout,
+    verify_backend,
+)
+from netshield.cas.store.sqlite import SqliteBackend
+from netshield.errors import NetshieldError
+from netshield.identity import name_problem
+from netshield.nonces import NonceStatus
+from netshield.reasons import Reason
+
+_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
+_NONCE_KEEP = timedelta(hours=1)  # rows stay this long past expiry, then are pruned
+
+
+class CasStore:
+    """The CAS state. Create with `CasStore.open` or `CasStore.attach`; thread-safe."""
+
+    def __init__(self, *, backend: Backend, counter: MonotonicCounter, state_id: str) -> None:
+        self.backend = backend
+        self.state_id = state_id
+        self._counter = counter
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"CasStore({self.backend.home!r}, state_id={self.state_id!r})"
+
+    @property
+    def counter_path(self) -> Path:
+        return self._counter.path
+
+    # ------------------------------------------------------------------ opening and closing
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        counter: MonotonicCounter | None = None,
+        adopt_counter: bool = False,
+        now: datetime | None = None,
+    ) -> CasStore:
+        """Open (or create) the SQLite state in ``state_dir``; StateError if it cannot be trusted.
+
+        ``now`` stamps the audit entries open may write (creation, counter adoption); it
+        defaults to the clock, since opening is I/O anyway.
+        """
+        when = now if now is not None else datetime.now(UTC)
+        backend = SqliteBackend.open(Path(state_dir))
+        try:
+            return cls.attach(backend, counter=counter, adopt_counter=adopt_counter, now=when)
+        except BaseException:
+            backend.close()
+            raise
+
+    @classmethod
+    def attach(
+        cls,
+        backend: Backend,
+        *,
+        counter: MonotonicCounter | None,
+        adopt_counter: bool,
+        now: datetime,
+    ) -> CasStore:
+        """The state in ``backend`` (created if the database is empty), once it is trusted.
+
+        Does not close ``backend`` on failure: the caller that opened it does.
+        """
+        created = False
+        if backend.read(lambda tx: tx.layout()) != "cas":
+            refuse_unexpected_layout(backend, default_counter=counter is None)
+            new_id = str(uuid.uuid4())
+            created = backend.write(lambda tx: _create(tx, new_id, now), chained=True)
+        state_id = check_meta(backend)
+        if counter is None:
+            counter = MonotonicCounter(default_counter_path(state_id))
+        store = cls(backend=backend, counter=counter, state_id=state_id)
+        action = check_on_open(backend, counter, created=created, adopt_counter=adopt_counter)
+        if action is not None and action.adopt and action.head is not None:
+            data = {"counter": str(counter.path), "seq": action.head.seq}
+            store._append_audited(EV_ADOPT, data, now=now)
+        elif action is not None:
+            store._witness(action.head)
+        if counter.path == default_counter_path(state_id):
+            mark_state(backend, state_id)
+        return store
+
+    def close(self) -> None:
+        """Close the backend (for SQLite: release the state directory); idempotent."""
+        with self._lock:
+            self.backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _witness(self, entry: AuditEntry | None) -> None:
+        value = CounterValue(0, GENESIS) if entry is None else CounterValue(entry.seq, entry.hash)
+        self._counter.advance(value)
+
+    def _append_audited(self, event: str, data: Mapping[str, Any], *, now: datetime) -> AuditEntry:
+        with self._lock:
+            entry = self.backend.write(lambda tx: _append(tx, event, data, now), chained=True)
+            self._witness(entry)
+            return entry
+
+    # ------------------------------------------------------------------ nonces
+
+    def issue_nonce(self, *, now: datetime, ttl: timedelta) -> bytes:
+        """A fresh single-use nonce valid until ``now + ttl`` (stored as its SHA-256 only)."""
+        if ttl <= timedelta(0):
+            raise ValueError("a nonce needs a positive lifetime")
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        digest, expires_at = nonce_digest(nonce), rfc3339(now + ttl)
+
+        def work(tx: StateTx) -> None:
+            tx.prune_nonces(rfc3339(now - _NONCE_KEEP))
+            tx.insert_nonce(digest, expires_at)
+
+        self.backend.write(work, chained=False)
+        return nonce
+
+    def consume_nonce(self, nonce: bytes, *, now: datetime) -> NonceStatus:
+        """Use ``nonce`` once: VALID the first time, then REUSED; EXPIRED or UNKNOWN otherwise."""
+        if len(nonce) != NONCE_BYTES:
+            return NonceStatus.UNKNOWN
+        stamp, digest = rfc3339(now), nonce_digest(nonce)
+
+        def work(tx: StateTx) -> NonceStatus:
+            tx.prune_nonces(rfc3339(now - _NONCE_KEEP))
+            row = tx.nonce(digest)
+            if row is None:
+                return NonceStatus.UNKNOWN
+            expires_at, used_at = row
+            if used_at is not None:
+                return NonceStatus.REUSED
+            if stamp >= expires_at:
+                return NonceStatus.EXPIRED
+            return NonceStatus.VALID if tx.use_nonce(digest, stamp) else NonceStatus.REUSED
+
+        return self.backend.write(work, chained=False)
+
+    # ------------------------------------------------------------------ policy
+
+    def current_policy(self) -> StoredPolicy | None:
+        return self.backend.read(lambda tx: tx.latest_policy())
+
+    def policy_version(self, version: int) -> StoredPolicy | None:
+        return self.backend.read(lambda tx: tx.policy(version))
+
+    def apply_policy(
+        self, text: str, *, previous_hash: str | None, now: datetime, actor: str
+    ) -> StoredPolicy:
+        """Store ``text`` (already validated) as the next version, if it names the current one.
+
+        NetshieldError(POLICY_PREDECESSOR_MISMATCH) if ``previous_hash`` is not the current
+        policy's hash (None for the first policy): two operators cannot silently overwrite
+        each other's update.
+        """
+        stamp = rfc3339(now)
+        new_hash = policy_text_hash(text)
+
+        def work(tx: StateTx) -> tuple[StoredPolicy, AuditEntry]:
+            current = tx.latest_policy()
+            current_version = 0 if current is None else current.version
+            current_hash = None if current is None else current.hash
+            if previous_hash != current_hash:
+                named = "no predecessor" if previous_hash is None else repr(previous_hash)
+                actual = (
+                    "no policy has been applied yet"
+                    if current_hash is None
+                    else f"the current policy (version {current_version}) is {current_hash}"
+                )
+                raise NetshieldError(
+                    f"policy update names predecessor {named} but {actual}",
+                    reason=Reason.POLICY_PREDECESSOR_MISMATCH,
+                )
+            stored = StoredPolicy(current_version + 1, new_hash, text, stamp, actor, current_hash)
+            tx.insert_policy(stored)
+            data = {
+                "version": stored.version,
+                "hash": new_hash,
+                "previous_hash": current_hash,
+                "actor": actor,
+            }
+            return stored, _append(tx, EV_POLICY, data, now)
+
+        with self._lock:
+            stored, entry = self.backend.write(work, chained=True)
+            self._witness(entry)
+            return stored
+
+    # ------------------------------------------------------------------ attestation outcomes
+
+    def record_issued(
+        self,
+        *,
+        serial: int,
+        service: str,
+        platform_id: str,
+        measurement: str,
+        not_after: datetime,
+        policy_version: int,
+        epoch: int,
+        now: datetime,
+        fingerprint: str,
+    ) -> None:
+        """Record an issued certificate; audited as ``attest.allow``."""
+        cert = IssuedCert(
+            serial,
+            service,
+            platform_id,
+            measurement,
+            not_after,
+            policy_version,
+            epoch,
+            rfc3339(now),
+            fingerprint,
+        )
+        data: dict[str, Any] = {
+            "serial": serial_hex(serial),
+            "service": service,
+            "platform_id": platform_id,
+            "measurement": measurement,
+            "not_after": rfc3339(not_after),
+            "policy_version": policy_version,
+            "epoch": epoch,
+            "fingerprint": fingerprint,
+        }
+
+        def work(tx: StateTx) -> AuditEntry:
+            tx.insert_issued(cert)
+            return _append(tx, EV_ALLOW, data, now)
+
+        with self._lock:
+            entry = self.backend.write(work, chained=True)
+            self._witness(entry)
+
+    def record_denied(
+        self,
+        *,
+        reason: str,
+        detail: str,
+        service: str | None,
+        platform_id: str | None,
+        measurement: str | None,
+        now: datetime,
+    ) -> None:
+        """Record a refused attestation; audited as ``attest.deny``."""
+        self._append_audited(
+            EV_DENY,
+            {
+                "reason": reason,
+                "detail": detail,
+                "service": service,
+                "platform_id": platform_id,
+                "measurement": measurement,
+            },
+            now=now,
+        )
+
+    def issued(self, serial: int) -> IssuedCert | None:
+        return self.backend.read(lambda tx: tx.issued(serial_hex(serial)))
+
+    def list_issued(self, service: str | None = None) -> list[IssuedCert]:
+        """Issued certificates, oldest first, optionally for one service."""
+        return self.backend.read(lambda tx: tx.list_issued(service))
+
+    # ------------------------------------------------------------------ revocations
+
+    def revoke(
+        self,
+        *,
+        kind: RevocationKind,
+        target: str,
+        now: datetime,
+        actor: str,
+        note: str = "",
+    ) -> Revocation:
+        """Revoke an instance (serial hex), a service or a platform; audited as ``revoke``.
+
+        Revoking something already revoked returns the existing revocation unchanged.
+        """
+        if kind not in REVOCATION_KINDS:
+            raise ValueError(f"revocation kind must be one of {REVOCATION_KINDS}")
+
+        def work(tx: StateTx) -> tuple[Revocation, AuditEntry | None]:
+            canonical, service, platform_id = _revocation_target(tx, kind, target)
+            existing = tx.revocation(kind, canonical)
+            if existing is not None:
+                return existing, None
+            revocation = Revocation(
+                tx.last_revocation_seq() + 1,
+                kind,
+                canonical,
+                rfc3339(now),
+                service,
+                platform_id,
+                actor,
+                note,
+            )
+            tx.insert_revocation(revocation)
+            data = {
+                "revocation_seq": revocation.seq,
+                "kind": kind,
+                "target": canonical,
+                "service": service,
+                "platform_id": platform_id,
+                "actor": actor,
+                "note": note,
+            }
+            return revocation, _append(tx, EV_REVOKE, data, now)
+
+        with self._lock:
+            revocation, entry = self.backend.write(work, chained=True)
+            if entry is not None:
+                self._witness(entry)
+            return revocation
+
+    def revocations(self, since: int = 0) -> list[Revocation]:
+        """The revocation feed after position ``since``, in order."""
+        return self.backend.read(lambda tx: tx.revocations(since))
+
+    def revoked_services(self) -> frozenset[str]:
+        return self.backend.read(lambda tx: tx.revoked_targets("service"))
+
+    def revoked_platforms(self) -> frozenset[str]:
+        return self.backend.read(lambda tx: tx.revoked_targets("platform"))
+
+    def is_serial_revoked(self, serial: int) -> bool:
+        """True if the certificate, or the service or platform it was issued to, is revoked."""
+        return self.backend.read(lambda tx: tx.is_serial_revoked(serial_hex(serial)))
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(self, event: str, data: Mapping[str, Any], *, now: datetime) -> AuditEntry:
+        """Append a generic event (e.g. ``cas.start``). Never put key material in ``data``."""
+        if not _EVENT_NAME.fullmatch(event) or event in RESERVED_EVENTS:
+            raise ValueError(f"{event!r} is not an event name callers may write")
+        return self._append_audited(event, data, now=now)
+
+    def audit_entries(self, since: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        """Audit entries with ``seq > since``, oldest first, at most ``limit`` of them."""
+        return self.backend.read(lambda tx: tx.audit_entries(since, limit))
+
+    def audit_head(self) -> CounterValue:
+        """``(seq, hash)`` of the newest audit entry."""
+        head = self.backend.read(lambda tx: tx.audit_head())
+        return CounterValue(*head) if head else CounterValue(0, GENESIS)
+
+    def audit_snapshot(
+        self, since: int = 0, limit: int | None = None
+    ) -> tuple[list[AuditEntry], CounterValue, list[str]]:
+        """Entries after `since`, the head and the verification, all from one moment.
+
+        Read under the store lock, which every mutation holds through its commit and its counter
+        advance, so a concurrent attestation cannot make the head and the entries disagree.
+        """
+        with self._lock:
+            return self.audit_entries(since, limit), self.audit_head(), self.verify_audit()
+
+    def verify_audit(self) -> list[str]:
+        """Every problem with the log, its agreement with the rows and with the counter."""
+        with self._lock:
+            return verify_backend(self.backend, self._counter)
+
+
+def _create(tx: StateTx, state_id: str, now: datetime) -> bool:
+    """Create the schema and its first entry; False if another writer created it first."""
+    if tx.layout() != "empty":
+        return False
+    tx.create_schema({"state_id": state_id, "schema_version": str(SCHEMA_VERSION)})
+    data = {"state_id": state_id, "schema_version": SCHEMA_VERSION}
+    tx.insert_entry(make_entry(None, event=EV_CREATE, data=data, now=now))
+    return True
+
+
+def _append(tx: StateTx, event: str, data: Mapping[str, Any], now: datetime) -> AuditEntry:
+    """Append one entry inside the caller's transaction."""
+    entry = make_entry(tx.last_entry(), event=event, data=data, now=now)
+    tx.insert_entry(entry)
+    return entry
+
+
+def _revocation_target(
+    tx: StateTx, kind: RevocationKind, target: str
+) -> tuple[str, str | None, str | None]:
+    """The canonical target, and the service / platform it concerns."""
+    if kind == "instance":
+        serial = serial_hex(parse_serial(target))
+        cert = tx.issued(serial)
+        if cert is None:
+            raise NetshieldError(
+                f"no certificate with serial {serial} was issued by this CAS",
+                reason=Reason.REVOCATION_TARGET_UNKNOWN,
+            )
+        return serial, cert.service, cert.platform_id
+    if kind == "service":
+        problem = name_problem(target)
+        if problem:
+            raise NetshieldError(f"cannot revoke service {target!r}: {problem}")
+        return target, target, None
+    if not target or len(target) > 255 or not target.isprintable():
+        raise NetshieldError(
+            f"cannot revoke platform {target!r}: not a platform id (1-255 printable characters)"
+        )
+    return target, None, target

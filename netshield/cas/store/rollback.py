@@ -1,0 +1,192 @@
+"""Whether an opened CAS state may be used: the rollback checks, written once for every backend.
+
+At open (`check_on_open`) and on demand (`verify_backend`), the state's rows, its hash-chained
+audit log and the monotonic counter outside the database must agree; the first disagreement
+refuses the state with one sentence (`AUDIT_CHAIN_BROKEN` for an edited log or rows,
+`STATE_ROLLED_BACK` for a log behind or beside its witness). `refuse_unexpected_layout` and
+`mark_state` keep a record outside the database that a location held a state, so that a
+deleted database is not silently replaced by a new, empty one. `verify_state` and
+`read_audit_offline` read a SQLite state directory without writing anything, for the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from netshield.cas.auditlog import AuditEntry, verify_chain
+from netshield.cas.counter import (
+    CounterValue,
+    MonotonicCounter,
+    default_counter_dir,
+    default_counter_path,
+)
+from netshield.cas.store.backend import Backend
+from netshield.cas.store.integrity import counter_problem, load_entries, rows_problems
+from netshield.cas.store.model import SCHEMA_VERSION, state_error
+from netshield.cas.store.sqlite import SqliteBackend
+from netshield.errors import StateError
+from netshield.reasons import Reason
+
+_MISMATCH_HINT = (
+    "The database no longer matches its audit log: rows were edited or deleted. "
+    "Restore the newest intact state directory."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCatchUp:
+    """What the counter needs after a successful open: witness ``head`` or adopt it."""
+
+    head: AuditEntry | None
+    adopt: bool = False
+
+
+def marker_path(backend: Backend) -> Path:
+    """Outside-the-state record that a location had a CAS state (default counter only)."""
+    key = hashlib.sha256(backend.marker_key.encode("utf-8")).hexdigest()[:32]
+    return default_counter_dir() / f"cas-dir-{key}.state"
+
+
+def mark_state(backend: Backend, state_id: str) -> None:
+    """Record outside the database that ``backend``'s location holds a state (idempotent)."""
+    marker = marker_path(backend)
+    if not marker.exists():
+        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        marker.write_text(state_id + "\n")
+
+
+def refuse_unexpected_layout(backend: Backend, *, default_counter: bool) -> None:
+    """StateError unless a database without a CAS state may get a new, empty one."""
+    layout = backend.read(lambda tx: tx.layout())
+    if layout == "foreign":
+        raise state_error(
+            f"{backend.location} is not a CAS database (no meta table); {backend.restore_advice}"
+        )
+    marker = marker_path(backend)
+    if layout == "empty" and default_counter and marker.exists():
+        raise state_error(
+            f"{backend.location} is missing but {marker} records that a CAS state lived "
+            f"in {backend.home}: the database was deleted or rolled back to before it "
+            f"was created; restore it, or delete {marker} to start a new, empty state "
+            "on purpose",
+            hint=Reason.STATE_ROLLED_BACK.info.hint,
+        )
+
+
+def check_meta(backend: Backend) -> str:
+    """The state id of a CAS database of the schema version this netshield reads."""
+    meta = backend.read(lambda tx: tx.meta())
+    version = meta.get("schema_version")
+    if version != str(SCHEMA_VERSION):
+        raise state_error(
+            f"{backend.location} has schema version {version!r} but this netshield reads "
+            f"version {SCHEMA_VERSION}; run the netshield version that wrote it"
+        )
+    state_id = meta.get("state_id")
+    if not isinstance(state_id, str):
+        raise state_error(f"{backend.location} has no state id (edited); {backend.restore_advice}")
+    default_counter_path(state_id)  # validates the id's shape
+    return state_id
+
+
+def check_on_open(
+    backend: Backend, counter: MonotonicCounter, *, created: bool, adopt_counter: bool
+) -> CounterCatchUp | None:
+    """StateError if the state cannot be trusted; else what the counter still needs, if any."""
+    location, restore = backend.location, backend.restore_advice
+    rows = backend.read(lambda tx: tx.state_rows())
+    entries, problems = load_entries(rows.audit)
+    problems += verify_chain(entries)
+    if problems:
+        raise StateError(
+            f"the audit log in {location} is broken ({problems[0]}); {restore}",
+            reason=Reason.AUDIT_CHAIN_BROKEN,
+        )
+    value = counter.read()
+    if value is None and not (created or adopt_counter):
+        raise state_error(
+            f"{location} holds {len(entries)} audit entries but its monotonic counter "
+            f"{counter.path} is missing, so a rollback cannot be ruled out; restore "
+            "the counter file, or start with --adopt-counter only if this state "
+            "directory is known to be the newest",
+            hint="Restore the counter file, or adopt it with --adopt-counter.",
+            reason=Reason.STATE_ROLLED_BACK,
+        )
+    if value is not None:
+        problem = counter_problem(location, counter.path, entries, value, restore=restore)
+        if problem:
+            raise state_error(
+                problem, hint=Reason.STATE_ROLLED_BACK.info.hint, reason=Reason.STATE_ROLLED_BACK
+            )
+    mismatches = rows_problems(rows, entries)
+    if mismatches:
+        raise StateError(
+            f"{location} does not match its audit log ({mismatches[0]}); {restore}",
+            reason=Reason.AUDIT_CHAIN_BROKEN,
+            hint=_MISMATCH_HINT,
+        )
+    head = entries[-1] if entries else None
+    if value is None and (created or head is None):
+        return CounterCatchUp(head)
+    if value is None:
+        return CounterCatchUp(head, adopt=True)
+    if head is not None and head.seq > value.seq:
+        return CounterCatchUp(head)  # the previous run committed but crashed before the counter
+    return None
+
+
+def verify_backend(backend: Backend, counter: MonotonicCounter) -> list[str]:
+    """Every problem with the log in ``backend``, with its rows and with ``counter``."""
+    rows = backend.read(lambda tx: tx.state_rows())
+    entries, problems = load_entries(rows.audit)
+    try:
+        value = counter.read()
+    except StateError as exc:
+        problems.append(str(exc))
+        value = None
+    else:
+        if value is None:
+            problems.append(f"the monotonic counter {counter.path} is missing")
+    head = None if value is None else (value.seq, value.head)
+    problems += verify_chain(entries, expected_head=head)
+    problems += rows_problems(rows, entries)
+    return problems
+
+
+def verify_state(state_dir: Path, counter_path: Path | None = None) -> list[str]:
+    """Problems with the state in ``state_dir`` (empty if intact), for the CLI's offline check.
+
+    Opens the database read-only and never writes anything: no lock, no counter update.
+    """
+    try:
+        backend = SqliteBackend.open_read_only(state_dir)
+        try:
+            state_id = check_meta(backend)
+            path = counter_path if counter_path is not None else default_counter_path(state_id)
+            return verify_backend(backend, MonotonicCounter(path))
+        finally:
+            backend.close()
+    except StateError as exc:
+        return [str(exc)]
+
+
+def read_audit_offline(
+    state_dir: Path, counter: MonotonicCounter | None = None
+) -> tuple[list[AuditEntry], CounterValue | None, Path]:
+    """The whole audit log, the counter's value (None if missing) and the counter's path.
+
+    Read-only like `verify_state` (no lock, no writes); StateError naming the file if the
+    database or the counter cannot be read. Rows that are not entries at all are skipped here;
+    `verify_state` reports them.
+    """
+    backend = SqliteBackend.open_read_only(state_dir)
+    try:
+        state_id = check_meta(backend)
+        entries, _problems = load_entries(backend.read(lambda tx: tx.state_rows()).audit)
+    finally:
+        backend.close()
+    if counter is None:
+        counter = MonotonicCounter(default_counter_path(state_id))
+    return entries, counter.read(), counter.path

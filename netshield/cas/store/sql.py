@@ -1,0 +1,268 @@
+"""`StateTx` in portable SQL, over any DB-API connection or cursor (pure: no driver imported).
+
+The CAS tables are the same in every SQL backend: text columns holding the canonical forms
+(see `backend`), integers for sequence numbers and versions. The statements here run
+unchanged on SQLite and PostgreSQL; a backend subclasses `SqlStateTx` for its parameter
+style, the query that tells an empty database from a CAS one, its ``CREATE TABLE`` text and
+the column that orders issued certificates by insertion.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+from netshield.cas.auditlog import AuditEntry, canonical_json, parse_rfc3339, rfc3339
+from netshield.cas.store.backend import Layout
+from netshield.cas.store.integrity import Row, StateRows
+from netshield.cas.store.model import (
+    IssuedCert,
+    Revocation,
+    RevocationKind,
+    StoredPolicy,
+)
+
+AUDIT_SELECT = "SELECT seq, ts, event, data, prev_hash, hash FROM audit"
+POLICY_SELECT = "SELECT version, hash, text, applied_at, actor, previous_hash FROM policies"
+ISSUED_SELECT = (
+    "SELECT serial, service, platform_id, measurement, not_after, policy_version, epoch, "
+    "issued_at, fingerprint FROM issued"
+)
+REVOCATION_SELECT = (
+    "SELECT seq, kind, target, ts, service, platform_id, actor, note FROM revocations"
+)
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Executor(Protocol):
+    """What a DB-API connection offers (sqlite3 and psycopg connections both do)."""
+
+    def execute(self, sql: str, params: tuple[Any, ...], /) -> Cursor: ...
+
+
+class SqlStateTx:
+    """The CAS state's rows in one transaction of ``conn`` (the backend begins and ends it)."""
+
+    placeholder: ClassVar[str] = "?"
+    schema: ClassVar[str] = ""  # ";"-separated CREATE statements
+    issued_order: ClassVar[str] = "rowid"
+
+    def __init__(self, conn: Executor) -> None:
+        self._conn = conn
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Cursor:
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        return self._conn.execute(sql, params)
+
+    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        return [tuple(r) for r in self._run(sql, params).fetchall()]
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
+        row = self._run(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    # --- the state itself
+    def table_names(self) -> set[str]:
+        raise NotImplementedError
+
+    def layout(self) -> Layout:
+        tables = self.table_names()
+        if "meta" in tables:
+            return "cas"
+        return "foreign" if tables else "empty"
+
+    def create_schema(self, meta: Mapping[str, str]) -> None:
+        for statement in self.schema.split(";"):
+            if statement.strip():
+                self._run(statement)
+        for key, value in meta.items():
+            self._run("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self) -> dict[str, str]:
+        return {str(k): v for k, v in self._all("SELECT key, value FROM meta")}
+
+    def state_rows(self) -> StateRows:
+        return StateRows(
+            audit=self._all(f"{AUDIT_SELECT} ORDER BY seq"),
+            policies=self._all("SELECT version, hash, text FROM policies"),
+            issued=self._all(
+                "SELECT serial, service, platform_id, measurement, not_after, policy_version, "
+                "epoch, fingerprint FROM issued"
+            ),
+            revocations=self._all(
+                "SELECT seq, kind, target, service, platform_id FROM revocations"
+            ),
+        )
+
+    # --- the audit chain
+    def last_entry(self) -> AuditEntry | None:
+        row = self._one(f"{AUDIT_SELECT} ORDER BY seq DESC LIMIT 1")
+        return None if row is None else entry_of(row)
+
+    def insert_entry(self, entry: AuditEntry) -> None:
+        self._run(
+            "INSERT INTO audit (seq, ts, event, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                entry.seq,
+                entry.ts,
+                entry.event,
+                canonical_json(dict(entry.data)),
+                entry.prev_hash,
+                entry.hash,
+            ),
+        )
+
+    def audit_entries(self, since: int, limit: int | None) -> list[AuditEntry]:
+        sql = f"{AUDIT_SELECT} WHERE seq > ? ORDER BY seq"
+        params: tuple[int, ...] = (since,)
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", (since, max(limit, 0))
+        return [entry_of(r) for r in self._all(sql, params)]
+
+    def audit_head(self) -> tuple[int, str] | None:
+        row = self._one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    # --- nonces
+    def prune_nonces(self, expired_before: str) -> None:
+        self._run("DELETE FROM nonces WHERE expires_at < ?", (expired_before,))
+
+    def insert_nonce(self, digest: str, expires_at: str) -> None:
+        self._run("INSERT INTO nonces (digest, expires_at) VALUES (?, ?)", (digest, expires_at))
+
+    def nonce(self, digest: str) -> tuple[str, str | None] | None:
+        row = self._one("SELECT expires_at, used_at FROM nonces WHERE digest = ?", (digest,))
+        return None if row is None else (row[0], row[1])
+
+    def use_nonce(self, digest: str, used_at: str) -> bool:
+        cursor = self._run(
+            "UPDATE nonces SET used_at = ? WHERE digest = ? AND used_at IS NULL",
+            (used_at, digest),
+        )
+        return cursor.rowcount == 1
+
+    # --- policies
+    def latest_policy(self) -> StoredPolicy | None:
+        row = self._one(f"{POLICY_SELECT} ORDER BY version DESC LIMIT 1")
+        return None if row is None else StoredPolicy(*row)
+
+    def policy(self, version: int) -> StoredPolicy | None:
+        row = self._one(f"{POLICY_SELECT} WHERE version = ?", (version,))
+        return None if row is None else StoredPolicy(*row)
+
+    def insert_policy(self, policy: StoredPolicy) -> None:
+        self._run(
+            "INSERT INTO policies (version, hash, text, applied_at, actor, previous_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                policy.version,
+                policy.hash,
+                policy.text,
+                policy.applied_at,
+                policy.actor,
+                policy.previous_hash,
+            ),
+        )
+
+    # --- issued certificates
+    def insert_issued(self, cert: IssuedCert) -> None:
+        self._run(
+            "INSERT INTO issued (serial, service, platform_id, measurement, not_after, "
+            "policy_version, epoch, issued_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                cert.serial_hex,
+                cert.service,
+                cert.platform_id,
+                cert.measurement,
+                rfc3339(cert.not_after),
+                cert.policy_version,
+                cert.epoch,
+                cert.issued_at,
+                cert.fingerprint,
+            ),
+        )
+
+    def issued(self, serial: str) -> IssuedCert | None:
+        row = self._one(f"{ISSUED_SELECT} WHERE serial = ?", (serial,))
+        return None if row is None else issued_of(row)
+
+    def list_issued(self, service: str | None) -> list[IssuedCert]:
+        order = f"ORDER BY {self.issued_order}"
+        if service is None:
+            rows = self._all(f"{ISSUED_SELECT} {order}")
+        else:
+            rows = self._all(f"{ISSUED_SELECT} WHERE service = ? {order}", (service,))
+        return [issued_of(r) for r in rows]
+
+    # --- revocations
+    def revocation(self, kind: RevocationKind, target: str) -> Revocation | None:
+        row = self._one(f"{REVOCATION_SELECT} WHERE kind = ? AND target = ?", (kind, target))
+        return None if row is None else Revocation(*row)
+
+    def last_revocation_seq(self) -> int:
+        row = self._one("SELECT coalesce(max(seq), 0) FROM revocations")
+        return 0 if row is None else int(row[0])
+
+    def insert_revocation(self, revocation: Revocation) -> None:
+        self._run(
+            "INSERT INTO revocations (seq, kind, target, ts, actor, note, service, platform_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                revocation.seq,
+                revocation.kind,
+                revocation.target,
+                revocation.ts,
+                revocation.actor,
+                revocation.note,
+                revocation.service,
+                revocation.platform_id,
+            ),
+        )
+
+    def revocations(self, since: int) -> list[Revocation]:
+        rows = self._all(f"{REVOCATION_SELECT} WHERE seq > ? ORDER BY seq", (since,))
+        return [Revocation(*r) for r in rows]
+
+    def revoked_targets(self, kind: RevocationKind) -> frozenset[str]:
+        rows = self._all("SELECT target FROM revocations WHERE kind = ?", (kind,))
+        return frozenset(str(r[0]) for r in rows)
+
+    def is_serial_revoked(self, serial: str) -> bool:
+        row = self._one(
+            "SELECT 1 FROM revocations r LEFT JOIN issued i ON i.serial = ? WHERE "
+            "(r.kind = 'instance' AND r.target = ?) "
+            "OR (r.kind = 'service' AND r.target = i.service) "
+            "OR (r.kind = 'platform' AND r.target = i.platform_id) LIMIT 1",
+            (serial, serial),
+        )
+        return row is not None
+
+
+def entry_of(row: Row) -> AuditEntry:
+    seq, ts, event, data, prev_hash, hash_ = row
+    return AuditEntry(seq, ts, event, json.loads(data), prev_hash, hash_)
+
+
+def issued_of(row: Row) -> IssuedCert:
+    serial, service, platform_id, measurement, not_after, version, epoch, issued_at, fp = row
+    return IssuedCert(
+        int(serial, 16),
+        service,
+        platform_id,
+        measurement,
+        parse_rfc3339(not_after),
+        version,
+        epoch,
+        issued_at,
+        fp,
+    )
