@@ -94,6 +94,14 @@ def cmd_platform_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_platform_serve(args: argparse.Namespace) -> int:
+    from netshield.quoting.config import load_quoting_config
+    from netshield.quoting.server import serve
+
+    _run(serve(load_quoting_config(Path(args.config))))
+    return 0
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     from netshield.attestation.measurement import measure
 
@@ -304,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tcb", type=int, default=7, help="TCB level the vendor certifies (default 7)")
     q.add_argument("--debug", action="store_true", help="the platform runs workloads in debug mode")
     q.set_defaults(func=cmd_platform_init)
+    q = psub.add_parser(
+        "serve",
+        help="serve quotes on a unix socket: the host's platform, measuring its callers itself",
+    )
+    q.add_argument(
+        "--config", required=True, help="platform service YAML (platform, socket, workloads)"
+    )
+    q.set_defaults(func=cmd_platform_serve)
 
     p = sub.add_parser(
         "measure", help="print a workload's measurement (SHA-256 over code and entry command)"

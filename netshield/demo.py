@@ -399,7 +399,7 @@ def _sidecar_config(
     doc: dict[str, Any] = {
         "service": service,
         "cas": {"url": cas_url, "ca": str(layout.cas_state / "mesh-ca.pem")},
-        "platform": str(base / "platforms" / platform),
+        "platform": {"in_process": str(base / "platforms" / platform)},
         "workload": {"path": str(base / "workloads" / workload), "cmd": " ".join(ENTRY)},
         "admin": {"listen": "127.0.0.1:0"},
         "records": {"file": str(base / "records" / f"{name}.jsonl")},

@@ -42,6 +42,8 @@ class Reason(enum.StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     BUSY = "BUSY"
     # --- attestation, in the order the CAS checks them (DESIGN §3.4) ---
+    PLATFORM_UNAVAILABLE = "PLATFORM_UNAVAILABLE"
+    WORKLOAD_NOT_MEASURABLE = "WORKLOAD_NOT_MEASURABLE"
     QUOTE_MALFORMED = "QUOTE_MALFORMED"
     QUOTE_FORMAT_UNSUPPORTED = "QUOTE_FORMAT_UNSUPPORTED"
     PLATFORM_CERT_UNTRUSTED = "PLATFORM_CERT_UNTRUSTED"
@@ -139,6 +141,20 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.REQUEST,
             503,
             "The CAS is at its limit of concurrent attestations; retry with backoff.",
+        ),
+        _r(
+            Reason.PLATFORM_UNAVAILABLE,
+            Stage.ATTESTATION,
+            503,
+            "The host's platform service does not answer on its socket; start `netshield platform "
+            "serve` on this host and mount its socket directory into the sidecar.",
+        ),
+        _r(
+            Reason.WORKLOAD_NOT_MEASURABLE,
+            Stage.ATTESTATION,
+            403,
+            "The platform service found no workload rule for the caller or could not measure it; "
+            "its log names the caller's pid and uid and what to change.",
         ),
         _r(
             Reason.QUOTE_MALFORMED,

@@ -196,7 +196,7 @@ class Mesh:
         doc: dict[str, Any] = {
             "service": service,
             "cas": {"url": str(self.cas.ready["url"]), "ca": str(self.ca_pem)},
-            "platform": str(self.root / "platforms" / "p1"),
+            "platform": {"in_process": str(self.root / "platforms" / "p1")},
             "workload": {"path": str(self.root / "workloads" / service), "cmd": ENTRY},
             "admin": {"listen": "127.0.0.1:0"},
             "records": {"file": str(self.root / f"{service}.records.jsonl")},

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netshield.agent.agent import Agent, parse_feed_answer
-from netshield.agent.attest import Workload
+from netshield.agent.attest import InProcessQuoter, Workload
 from netshield.agent.credentials import CredentialHolder
 from netshield.agent.revocations import RevocationState
 from netshield.cas.server import running_cas
@@ -70,8 +70,8 @@ def make_agent(
     return Agent(
         domain._url,
         domain.ca_pem,
-        domain.platforms["p-good"],
-        ORDERS,
+        InProcessQuoter(domain.platforms["p-good"], ORDERS),
+        ORDERS.service,
         TD,
         CredentialHolder(clock=clock),
         RevocationState(),

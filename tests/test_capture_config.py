@@ -12,7 +12,7 @@ from netshield.sidecar.config import TransparentConfig, parse_sidecar_config
 BASE = """\
 service: frontend
 cas: {url: "https://cas.internal:8443", ca: ca.pem}
-platform: platform
+platform: {in_process: platform}
 workload: {path: app}
 """
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from netshield.agent.attest import Workload, attest
+from netshield.agent.attest import InProcessQuoter, Workload, attest
 from netshield.attestation.platform import create_platform
 from netshield.attestation.quote import decode_quote, encode_body, encode_quote, report_data_for
 from netshield.cas.api import ATTEST_SLOTS_KEY
@@ -96,8 +96,11 @@ async def test_good_workload_gets_mesh_certificate_bound_to_its_key(domain: Doma
     async with cas_in_process(domain), domain.client() as cas:
         got = await attest(
             cas,
-            domain.platforms["p-good"],
-            Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            InProcessQuoter(
+                domain.platforms["p-good"],
+                Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            ),
+            "orders",
             trust_domain=TD,
         )
     creds = got.credentials
@@ -315,8 +318,11 @@ async def test_admin_endpoints_require_the_operator_certificate(domain: Domain) 
         async with domain.client() as cas:
             got = await attest(
                 cas,
-                domain.platforms["p-good"],
-                Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+                InProcessQuoter(
+                    domain.platforms["p-good"],
+                    Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+                ),
+                "orders",
                 trust_domain=TD,
             )
         ctx = cas_client_context(
@@ -362,8 +368,11 @@ async def test_policy_update_must_name_its_predecessor(domain: Domain) -> None:
         assert result["version"] == 2
         got = await attest(
             cas,
-            domain.platforms["p-good"],
-            Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            InProcessQuoter(
+                domain.platforms["p-good"],
+                Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            ),
+            "orders",
             trust_domain=TD,
         )
         claims = attestation_claims_of(
@@ -376,8 +385,11 @@ async def test_revocation_reaches_a_long_polling_follower_within_seconds(domain:
     async with cas_in_process(domain), domain.client() as cas, domain.admin_client() as admin:
         got = await attest(
             cas,
-            domain.platforms["p-good"],
-            Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            InProcessQuoter(
+                domain.platforms["p-good"],
+                Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            ),
+            "orders",
             trust_domain=TD,
         )
         head = (await cas.feed(0))["next"]
@@ -427,8 +439,11 @@ async def test_cas_never_logs_or_audits_key_material(
     async with cas_in_process(domain) as running, domain.client() as cas:
         got = await attest(
             cas,
-            domain.platforms["p-good"],
-            Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            InProcessQuoter(
+                domain.platforms["p-good"],
+                Workload("orders", ORDERS_M, SIGNER, product_id=7, svn=3),
+            ),
+            "orders",
             trust_domain=TD,
         )
         await attempt(domain, cas, measurement="ee" * 32)

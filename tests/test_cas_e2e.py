@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from netshield.agent.attest import Workload, attest
+from netshield.agent.attest import InProcessQuoter, Workload, attest
 from netshield.casclient import CasRefused
 from tests.support import ORDERS_M, SIGNER, TD, Domain, cas_subprocess, make_domain, netshield_cmd
 
@@ -49,8 +49,11 @@ def attest_once(domain: Domain, url_domain: Domain, measurement: str = ORDERS_M)
             try:
                 got = await attest(
                     cas,
-                    domain.platforms["p-good"],
-                    Workload("orders", measurement, SIGNER, product_id=7, svn=3),
+                    InProcessQuoter(
+                        domain.platforms["p-good"],
+                        Workload("orders", measurement, SIGNER, product_id=7, svn=3),
+                    ),
+                    "orders",
                     trust_domain=TD,
                 )
             except CasRefused as err:

@@ -117,6 +117,7 @@ def test_cas_refuses_to_start_when_its_port_is_taken(domain: Domain) -> None:
         ),
         ("cas", "policy", "show", "--cas", "https://127.0.0.1:1", "--admin", "/nonexistent"),
         ("platform", "init", "--vendor", "/nonexistent", "--out", "/tmp/never"),
+        ("platform", "serve", "--config", "/nonexistent.yaml"),
         ("config", "check", "/nonexistent.yaml"),
         ("measure", "/nonexistent"),
     ],

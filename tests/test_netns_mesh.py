@@ -158,7 +158,7 @@ def start_sidecar(
     doc = {
         "service": service,
         "cas": {"url": w.cas_url, "ca": str(w.mesh.ca_pem)},
-        "platform": str(mesh_root / "platforms" / "p1"),
+        "platform": {"in_process": str(mesh_root / "platforms" / "p1")},
         "workload": {"path": str(mesh_root / "workloads" / service), "cmd": ENTRY},
         "admin": {"listen": "127.0.0.1:0"},
         "records": {"file": str(records_dir / "records.jsonl")},

@@ -333,7 +333,7 @@ def test_bad_rotation_settings_are_refused() -> None:
 SIDECAR = """
 service: orders
 cas: {url: "https://127.0.0.1:8443", ca: ca.pem}
-platform: p1
+platform: {in_process: p1}
 workload: {path: app, cmd: "python3 app.py"}
 """
 

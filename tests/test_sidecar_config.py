@@ -25,7 +25,7 @@ BASE = Path("/etc/netshield")
 MINIMAL: dict[str, Any] = {
     "service": "frontend",
     "cas": {"url": "https://127.0.0.1:8443", "ca": "mesh-ca.pem"},
-    "platform": "platforms/p1",
+    "platform": {"in_process": "platforms/p1"},
     "workload": {"path": "app", "cmd": "python3 app.py"},
 }
 
@@ -107,7 +107,7 @@ def test_full_config_is_typed() -> None:
 def test_paths_are_relative_to_the_config_directory_and_absolute_ones_stay() -> None:
     config = parse(doc_with(**{"records": {"file": "/var/log/ns.jsonl"}}))
     assert config.cas.ca == BASE / "mesh-ca.pem"
-    assert config.platform == BASE / "platforms/p1"
+    assert config.platform.in_process == BASE / "platforms/p1"
     assert config.workload.path == BASE / "app"
     assert config.records.file == Path("/var/log/ns.jsonl")
 
@@ -123,7 +123,8 @@ def test_paths_are_relative_to_the_config_directory_and_absolute_ones_stay() -> 
         ({"cas.url": "https://cas:99999"}, "cas.url", "not a URL"),
         ({"cas.ca": None}, "cas.ca", "missing"),
         ({"cas.ca": ""}, "cas.ca", "must not be empty"),
-        ({"platform": 7}, "platform", "expected a path"),
+        ({"platform": 7}, "platform", "expected where quotes come from"),
+        ({"platform": {"in_process": 7}}, "platform.in_process", "expected a path"),
         ({"workload.path": None}, "workload.path", "missing"),
         ({"workload.cmd": "python3 'app.py"}, "workload.cmd", "not a command line"),
         ({"workload.signer": "ab" * 31}, "workload.signer", "sha256"),
@@ -391,7 +392,7 @@ def test_load_reports_missing_files_and_accepts_present_ones(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_sidecar_config(path)
     found = {p.path for p in info.value.problems}
-    assert found == {"cas.ca", "platform", "workload.path", "records.file"}
+    assert found == {"cas.ca", "platform.in_process", "workload.path", "records.file"}
     (tmp_path / "mesh-ca.pem").write_text("pem")
     (tmp_path / "platforms/p1").mkdir(parents=True)
     (tmp_path / "app").mkdir()
@@ -404,3 +405,30 @@ def test_load_reports_missing_files_and_accepts_present_ones(tmp_path: Path) -> 
 def test_load_of_an_unreadable_file_is_one_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_sidecar_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("platform", "workload", "where", "says"),
+    [
+        ("platforms/p1", "keep", "platform", "expected where quotes come from"),
+        ({}, "keep", "platform", "needs socket or in_process"),
+        ({"socket": "/run/p.sock", "in_process": "p1"}, "keep", "platform.in_process", "not both"),
+        ({"in_process": "p1"}, None, "workload", "is required with platform.in_process"),
+        ({"socket": "/run/p.sock"}, "keep", "workload", "measures the workload itself"),
+    ],
+)
+def test_the_source_of_quotes_is_chosen_explicitly(platform, workload, where, says) -> None:
+    doc = doc_with(platform=platform)
+    if workload is None:
+        doc.pop("workload")
+    with pytest.raises(ConfigError) as err:
+        parse(doc)
+    assert any(p.path == where and says in p.message for p in err.value.problems), err.value
+
+
+def test_a_sidecar_on_the_platform_service_names_the_socket_and_no_workload() -> None:
+    doc = doc_with(platform={"socket": "run/platform.sock"})
+    doc.pop("workload")
+    config = parse(doc)
+    assert config.platform.socket == BASE / "run/platform.sock"
+    assert config.platform.in_process is None and config.workload is None

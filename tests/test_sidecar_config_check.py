@@ -18,7 +18,7 @@ def sidecar_file(tmp_path: Path, **extra: object) -> Path:
     doc = {
         "service": "frontend",
         "cas": {"url": "https://127.0.0.1:8443", "ca": "mesh-ca.pem"},
-        "platform": "p1",
+        "platform": {"in_process": "p1"},
         "workload": {"path": "app", "cmd": "python3 app.py"},
         "outbound": [{"service": "orders", "listen": "127.0.0.1:15101"}],
         **extra,
@@ -59,9 +59,9 @@ def test_broken_sidecar_config_lists_every_problem_by_key_path(
 def test_sidecar_config_naming_missing_files_fails_the_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = sidecar_file(tmp_path, platform="no-such-platform")
+    path = sidecar_file(tmp_path, platform={"in_process": "no-such-platform"})
     assert main(["config", "check", str(path)]) == 1
-    assert "  platform: no such directory" in capsys.readouterr().err
+    assert "  platform.in_process: no such directory" in capsys.readouterr().err
 
 
 def test_a_policy_is_still_checked_as_a_policy(

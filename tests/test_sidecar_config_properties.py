@@ -61,7 +61,7 @@ SECTIONS = st.dictionaries(
 VALID_BASE = {
     "service": "frontend",
     "cas": {"url": "https://127.0.0.1:8443", "ca": "ca.pem"},
-    "platform": "p1",
+    "platform": {"in_process": "p1"},
     "workload": {"path": "app"},
 }
 

@@ -285,7 +285,7 @@ def refused_sidecar(work: Path, name: str, workload: Path, platform: str, port: 
     config = {
         "service": "orders",
         "cas": {"url": CAS_URL, "ca": str(SHARED / "td" / "cas" / "mesh-ca.pem")},
-        "platform": str(SHARED / "platforms" / platform),
+        "platform": {"in_process": str(SHARED / "platforms" / platform)},
         "workload": {"path": str(workload), "cmd": "python3 app.py"},
         "admin": {"listen": f"127.0.0.1:{port}"},
         "records": {"file": str(work / f"{name}.jsonl")},

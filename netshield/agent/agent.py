@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from netshield.agent.attest import Workload, attest
+from netshield.agent.attest import Quoter, attest
 from netshield.agent.credentials import CredentialHolder
 from netshield.agent.revocations import REVOKE, RevocationState
 from netshield.agent.rotation import (
@@ -36,7 +36,6 @@ from netshield.agent.rotation import (
     backoff,
     renew_at,
 )
-from netshield.attestation.platform import Platform
 from netshield.casclient import CasClient, CasUnreachable
 from netshield.errors import NetshieldError
 from netshield.identity import SpiffeId
@@ -70,8 +69,8 @@ class Agent:
         self,
         cas_url: str,
         cas_ca_pem: bytes,
-        platform: Platform,
-        workload: Workload,
+        quoter: Quoter,
+        service: str,
         trust_domain: str,
         holder: CredentialHolder,
         revocations: RevocationState,
@@ -97,9 +96,9 @@ class Agent:
             raise ValueError("feed_wait must be >= 0 and the timeouts and max_sleep > 0")
         self.cas_url = cas_url
         self._cas_ca_pem = cas_ca_pem
-        self._platform = platform
-        self._workload = workload
-        self._spiffe_id = SpiffeId.for_service(trust_domain, workload.service)
+        self._quoter = quoter
+        self._service = service
+        self._spiffe_id = SpiffeId.for_service(trust_domain, service)
         self._trust_domain = trust_domain
         self.holder = holder
         self.revocations = revocations
@@ -196,7 +195,7 @@ class Agent:
         try:
             async with asyncio.timeout(self._attest_timeout):
                 got = await attest(
-                    cas, self._platform, self._workload, trust_domain=self._trust_domain
+                    cas, self._quoter, self._service, trust_domain=self._trust_domain
                 )
         except TimeoutError:
             raise CasUnreachable(
@@ -338,7 +337,7 @@ class Agent:
         if creds is not None and self.revocations.revoked(
             serial=creds.serial,
             service=creds.spiffe_id.service,
-            platform_id=self._platform.platform_id,
+            platform_id=self._quoter.platform_id,
         ):
             log.error(
                 "this sidecar's certificate %x is revoked (%s %s): dropping it and re-attesting",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from netshield.agent.agent import Agent
-from netshield.agent.attest import Workload
+from netshield.agent.attest import InProcessQuoter, Quoter, Workload
 from netshield.agent.credentials import CredentialHolder
 from netshield.agent.revocations import RevocationState
 from netshield.agent.rotation import backoff
@@ -36,6 +36,7 @@ from netshield.casclient import CasClient, CasUnreachable
 from netshield.errors import ConfigError, NetshieldError
 from netshield.net.listeners import accept_loop, bind_tcp, bind_unix, bound_address
 from netshield.netaddr import HostPort
+from netshield.quoting.client import PlatformSocket
 from netshield.reasons import Reason
 from netshield.recordlog import RecordSink
 from netshield.sidecar.admin import AdminProviders, AdminServer
@@ -195,6 +196,29 @@ def reload_config(rt: Runtime, path: Path) -> None:
     )
 
 
+def make_quoter(config: SidecarConfig) -> Quoter:
+    """Where this sidecar's quotes come from, exactly as the config chose (never a fallback)."""
+    if config.platform.socket is not None:
+        log.info(
+            "quotes from the host's platform service at %s (it measures the workload itself)",
+            config.platform.socket,
+        )
+        return PlatformSocket(config.platform.socket)
+    assert config.platform.in_process is not None and config.workload is not None  # the parser
+    platform = load_platform(config.platform.in_process)
+    w = config.workload
+    measurement = measure(w.path, list(w.cmd))
+    log.warning(
+        "platform %s held in process (platform.in_process): this sidecar holds the platform key "
+        "and measures its workload itself -- for tests and demos, not a deployment",
+        platform.platform_id,
+    )
+    log.info("workload %s measures %s", config.service, measurement)
+    return InProcessQuoter(
+        platform, Workload(config.service, measurement, w.signer, w.product_id, w.svn)
+    )
+
+
 def _capture_ports(t: TransparentConfig | None) -> tuple[int, int, bool] | None:
     """What of the transparent section is bound at start (mode and service_ports reload live)."""
     return None if t is None else (t.outbound_port, t.inbound_port, bool(t.service_ports))
@@ -205,16 +229,7 @@ async def run_sidecar(
 ) -> None:
     """Run until SIGTERM/SIGINT (or until `stop` is set, for embedding: then no signal handlers)."""
     config = load_sidecar_config(config_path)
-    platform = load_platform(config.platform)
-    measurement = measure(config.workload.path, list(config.workload.cmd))
-    workload = Workload(
-        config.service,
-        measurement,
-        config.workload.signer,
-        config.workload.product_id,
-        config.workload.svn,
-    )
-    log.info("workload %s measures %s", config.service, measurement)
+    quoter = make_quoter(config)
     holder = CredentialHolder()
     revocations = RevocationState()
     table = ConnectionTable(limit=config.limits.max_connections)
@@ -318,8 +333,8 @@ async def run_sidecar(
         agent = Agent(
             config.cas.url,
             config.cas.ca.read_bytes(),
-            platform,
-            workload,
+            quoter,
+            config.service,
             trust_domain,
             holder,
             revocations,

@@ -15,7 +15,6 @@ also reports files and directories that do not exist.
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,6 +22,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from netshield.attestation.workload import (
+    PATH,
+    WORKLOAD_SPEC,
+    WorkloadConfig,
+    build_workload,
+)
 from netshield.errors import ConfigError, Problem
 from netshield.identity import name_problem
 from netshield.netaddr import HostPort
@@ -40,7 +45,6 @@ from netshield.schema import (
     describe,
     host_port_problem,
     load_yaml,
-    sha256_hex_problem,
     validate,
 )
 
@@ -64,12 +68,17 @@ class CasConfig:
 
 
 @dataclass(frozen=True)
-class WorkloadConfig:
-    path: Path
-    cmd: tuple[str, ...] = ()
-    signer: str = "0" * 64
-    product_id: int = 0
-    svn: int = 0
+class PlatformConfig:
+    """Where the sidecar's quotes come from: exactly one of the two is set.
+
+    `socket`: the host's platform service (`netshield platform serve`), which measures the
+    workload itself and alone holds the platform key. `in_process`: a platform directory whose
+    key the sidecar loads and whose quotes it signs over its own measurement of `workload` --
+    chosen explicitly, for tests and demos, never as a fallback.
+    """
+
+    socket: Path | None = None
+    in_process: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,8 @@ class RenewalConfig:
 class SidecarConfig:
     service: str
     cas: CasConfig
-    platform: Path
-    workload: WorkloadConfig
+    platform: PlatformConfig
+    workload: WorkloadConfig | None  # set exactly when platform.in_process is
     inbound: InboundConfig | None = None
     outbound: tuple[OutboundConfig, ...] = ()
     transparent: TransparentConfig | None = None
@@ -246,14 +255,6 @@ class _Optional(Spec):
         return self.inner.check(value, path, problems)
 
 
-def _path_problem(value: str) -> str | None:
-    if not value.strip():
-        return "must not be empty"
-    if "\x00" in value:
-        return "must not contain a NUL character"
-    return None
-
-
 def _https_url_problem(value: str) -> str | None:
     example = "e.g. https://cas.internal:8443"
     if any(c.isspace() or not c.isprintable() for c in value):
@@ -270,15 +271,7 @@ def _https_url_problem(value: str) -> str | None:
     return None
 
 
-def _cmd_problem(value: str) -> str | None:
-    try:
-        shlex.split(value)
-    except ValueError as err:
-        return f"not a command line ({str(err).lower()}); quote it as a shell would"
-    return None
-
-
-_PATH = Str(expected="a path", validators=(_path_problem,))
+_PATH = PATH
 _NAME = Str(expected="a service name", validators=(name_problem,))
 _U32 = Int(min=0, max=_U32_MAX)
 _PORT = Int(expected="a port (1-65535)", min=1, max=65535)
@@ -297,6 +290,11 @@ _OUTBOUND = Record(
     expected="an outbound listener (a mapping with service and listen or unix)",
 )
 
+_PLATFORM_EXPECTED = (
+    "where quotes come from: {socket: /run/netshield/platform.sock} (the host's `netshield "
+    "platform serve`) or {in_process: DIR} (the sidecar holds the platform key: tests and demos)"
+)
+
 SIDECAR_SPEC = Record(
     {
         "service": Field(_NAME, required=True),
@@ -313,25 +311,14 @@ SIDECAR_SPEC = Record(
             ),
             required=True,
         ),
-        "platform": Field(_PATH, required=True),
-        "workload": Field(
+        "platform": Field(
             Record(
-                {
-                    "path": Field(_PATH, required=True),
-                    "cmd": Field(
-                        Str(expected="a command line", validators=(_cmd_problem,)), default=""
-                    ),
-                    "signer": Field(
-                        Str(expected="a sha256 digest", validators=(sha256_hex_problem,)),
-                        default="0" * 64,
-                    ),
-                    "product_id": Field(_U32, default=0),
-                    "svn": Field(_U32, default=0),
-                },
-                expected="the workload to measure (a mapping with path and cmd)",
+                {"socket": Field(_PATH), "in_process": Field(_PATH)},
+                expected=_PLATFORM_EXPECTED,
             ),
             required=True,
         ),
+        "workload": Field(_Optional(WORKLOAD_SPEC)),
         "inbound": Field(
             _Optional(
                 Record(
@@ -462,14 +449,15 @@ def file_problems(config: SidecarConfig) -> list[Problem]:
     problems: list[Problem] = []
     if not config.cas.ca.is_file():
         problems.append(Problem("cas.ca", f"no such file: {config.cas.ca}"))
-    if not config.platform.is_dir():
+    in_process = config.platform.in_process
+    if in_process is not None and not in_process.is_dir():
         problems.append(
             Problem(
-                "platform",
-                f"no such directory: {config.platform} (make one with `netshield platform init`)",
+                "platform.in_process",
+                f"no such directory: {in_process} (make one with `netshield platform init`)",
             )
         )
-    if not config.workload.path.exists():
+    if config.workload is not None and not config.workload.path.exists():
         problems.append(
             Problem("workload.path", f"no such file or directory: {config.workload.path}")
         )
@@ -509,9 +497,37 @@ def _records(value: object) -> list[tuple[int, dict[str, Any]]]:
     return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
 
 
+def _platform_problems(doc: dict[str, Any]) -> list[Problem]:
+    """One source of quotes; a workload to measure exactly when the sidecar measures it itself."""
+    platform, workload = doc["platform"], doc["workload"]
+    if not isinstance(platform, dict):
+        return []
+    socket, in_process = platform["socket"], platform["in_process"]
+    if socket is None and in_process is None:
+        return [Problem("platform", f"needs socket or in_process: {_PLATFORM_EXPECTED}")]
+    if socket is not None and in_process is not None:
+        return [Problem("platform.in_process", "give socket or in_process, not both")]
+    if in_process is not None and workload is None:
+        return [
+            Problem(
+                "workload",
+                "is required with platform.in_process (the sidecar measures the workload itself)",
+            )
+        ]
+    if socket is not None and workload is not None:
+        return [
+            Problem(
+                "workload",
+                "the platform service measures the workload itself (its own workload map); "
+                "remove this section, or use platform.in_process",
+            )
+        ]
+    return []
+
+
 def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
     """Checks that span keys: one listener kind per outbound, admin exposure, address clashes."""
-    problems: list[Problem] = []
+    problems: list[Problem] = _platform_problems(doc)
     binds: list[tuple[str, HostPort]] = []
     unix_paths: dict[Path, str] = {}
     for i, out in _records(doc["outbound"]):
@@ -614,19 +630,20 @@ def _clashes(binds: list[tuple[str, HostPort]]) -> list[Problem]:
 
 
 def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
-    cas, workload, inbound = doc["cas"], doc["workload"], doc["inbound"]
+    cas, workload, inbound, platform = doc["cas"], doc["workload"], doc["inbound"], doc["platform"]
     admin, records, limits, renewal = doc["admin"], doc["records"], doc["limits"], doc["renewal"]
     return SidecarConfig(
         service=doc["service"],
         cas=CasConfig(url=cas["url"], ca=_resolve(base_dir, cas["ca"])),
-        platform=_resolve(base_dir, doc["platform"]),
-        workload=WorkloadConfig(
-            path=_resolve(base_dir, workload["path"]),
-            cmd=tuple(shlex.split(workload["cmd"])),
-            signer=workload["signer"],
-            product_id=workload["product_id"],
-            svn=workload["svn"],
+        platform=PlatformConfig(
+            socket=None if platform["socket"] is None else _resolve(base_dir, platform["socket"]),
+            in_process=None
+            if platform["in_process"] is None
+            else _resolve(base_dir, platform["in_process"]),
         ),
+        workload=None
+        if workload is None
+        else build_workload(workload, _resolve(base_dir, workload["path"])),
         inbound=None
         if inbound is None
         else InboundConfig(
@@ -673,6 +690,7 @@ __all__ = [
     "InboundConfig",
     "Limits",
     "OutboundConfig",
+    "PlatformConfig",
     "RecordsConfig",
     "RenewalConfig",
     "SidecarConfig",
