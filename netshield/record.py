@@ -26,10 +26,12 @@ RECORD_SCHEMA = 1
 Direction = Literal["inbound", "outbound"]
 Decision = Literal["allow", "deny"]
 Mode = Literal["enforce", "audit"]
+Proxy = Literal["sidecar", "in-process"]
 
 DIRECTIONS: tuple[Direction, ...] = ("inbound", "outbound")
 DECISIONS: tuple[Decision, ...] = ("allow", "deny")
 MODES: tuple[Mode, ...] = ("enforce", "audit")
+PROXIES: tuple[Proxy, ...] = ("sidecar", "in-process")
 
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 _CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -100,6 +102,7 @@ class ConnectionRecord:
     peer_serial: str | None = None  # the peer certificate's serial, lower-case hex
     peer_epoch: int | None = None  # the certificate epoch in the peer's certificate
     policy_version: int | None = None  # the policy version this sidecar's certificate carries
+    proxy: Proxy = "sidecar"  # who wrapped the connection: a sidecar, or the in-process shield
 
     def __post_init__(self) -> None:
         _check(self)
@@ -149,16 +152,19 @@ class ConnectionRecord:
             raise ValueError(
                 f"record schema {schema!r} is not {RECORD_SCHEMA} (written by another netshield?)"
             )
-        missing = [name for name in RECORD_FIELDS if name not in data]
+        missing = [name for name in RECORD_FIELDS if name not in data and name not in ADDED_FIELDS]
         if missing:
             raise ValueError(f"record has no {', '.join(missing)}")
-        values = {name: data[name] for name in RECORD_FIELDS}
+        values = {name: data.get(name, ADDED_FIELDS.get(name)) for name in RECORD_FIELDS}
         values["waf"] = _waf_from(data["waf"])
         return cls(**values)
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ConnectionRecord))
 """The record's keys besides "schema", in declaration order."""
+
+ADDED_FIELDS: dict[str, object] = {"proxy": "sidecar"}
+"""Fields added within schema 1, with the value a line written before them means."""
 
 
 def _waf_from(value: object) -> WafOutcome | None:
@@ -198,7 +204,12 @@ def _check(r: ConnectionRecord) -> None:
     for name in ("original_dst", "local_identity", "peer_identity", "tls_version", "cipher"):
         if getattr(r, name) is not None and not isinstance(getattr(r, name), str):
             raise _bad(name, "a string or null", getattr(r, name))
-    for name, choices in (("direction", DIRECTIONS), ("decision", DECISIONS), ("mode", MODES)):
+    for name, choices in (
+        ("direction", DIRECTIONS),
+        ("decision", DECISIONS),
+        ("mode", MODES),
+        ("proxy", PROXIES),
+    ):
         if getattr(r, name) not in choices:
             raise _bad(name, " or ".join(choices), getattr(r, name))
     if not isinstance(r.reason, str) or not _CODE.fullmatch(r.reason):
@@ -239,12 +250,14 @@ __all__ = [
     "DECISIONS",
     "DIRECTIONS",
     "MODES",
+    "PROXIES",
     "RECORD_FIELDS",
     "RECORD_SCHEMA",
     "ConnectionRecord",
     "Decision",
     "Direction",
     "Mode",
+    "Proxy",
     "WafOutcome",
     "new_conn_id",
     "rfc3339",

@@ -101,6 +101,14 @@ def test_reader_ignores_keys_it_does_not_know_but_requires_its_own() -> None:
         ConnectionRecord.from_json(json.dumps(data))
 
 
+def test_a_line_written_before_the_proxy_field_reads_as_a_sidecar_record() -> None:
+    data = json.loads(replace(allowed(), proxy="in-process").to_json())
+    assert data["proxy"] == "in-process"
+    assert ConnectionRecord.from_dict(data).proxy == "in-process"
+    del data["proxy"]
+    assert ConnectionRecord.from_dict(data).proxy == "sidecar"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [
@@ -113,6 +121,7 @@ def test_reader_ignores_keys_it_does_not_know_but_requires_its_own() -> None:
         ("direction", "sideways", "inbound or outbound"),
         ("decision", "maybe", "allow or deny"),
         ("mode", "yolo", "enforce or audit"),
+        ("proxy", "in-kernel", "sidecar or in-process"),
         ("reason", "not a code", "reason code"),
         ("close_reason", 7, "close_reason"),
         ("resumed", 1, "true or false"),

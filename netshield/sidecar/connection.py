@@ -100,6 +100,7 @@ class Attempt:
             peer_serial=format(peer.serial, "x") if peer and peer.serial is not None else None,
             peer_epoch=peer.epoch if peer else None,
             policy_version=creds.policy_version if creds else None,
+            proxy=self.rt.proxy,
         )
         self.rt.emit(record, self.handshake_seconds)
 

@@ -67,20 +67,8 @@ async def serve_inbound(
             attempt.deny(Reason.PEER_RESET, f"the caller went away before the handshake ({err})")
             close_socket(sock)
             return
-        t0 = time.monotonic()
-        try:
-            attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
-        except TlsHandshakeError as err:
-            attempt.deny(err.failure.reason, err.failure.detail)
-            return
-        attempt.handshake_seconds = time.monotonic() - t0
-        creds = contexts.credentials
-        decision = authorize_inbound(
-            creds.policy, attempt.peer, rt.revocations.check, policy_version=creds.policy_version
-        )
+        decision = await inbound_decision(rt, attempt, tls, contexts)
         if not decision.allowed:
-            attempt.deny(decision.reason, decision.detail)
-            tls.close()
             return
         if decision.mode == "audit":
             log.warning("conn=%s inbound %s", attempt.conn_id, decision.detail)
@@ -90,6 +78,62 @@ async def serve_inbound(
     except asyncio.CancelledError:
         attempt.abandon()
         raise
+
+
+async def inbound_decision(
+    rt: Runtime, attempt: Attempt, tls: TlsStream, contexts: TlsContexts
+) -> ConnDecision:
+    """Complete the server side of mutual TLS and decide whether the caller may call us. Sets
+    `attempt.peer` and `handshake_seconds`. A denial (a failed handshake included) is recorded
+    and `tls` closed (after a failed handshake it lingers to deliver its alert) before it is
+    returned."""
+    t0 = time.monotonic()
+    try:
+        attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
+    except TlsHandshakeError as err:
+        return _denied(attempt, ConnDecision(False, err.failure.reason, err.failure.detail))
+    attempt.handshake_seconds = time.monotonic() - t0
+    creds = contexts.credentials
+    decision = authorize_inbound(
+        creds.policy, attempt.peer, rt.revocations.check, policy_version=creds.policy_version
+    )
+    return decision if decision.allowed else _denied(attempt, decision, tls)
+
+
+async def outbound_decision(
+    rt: Runtime,
+    attempt: Attempt,
+    tls: TlsStream,
+    contexts: TlsContexts,
+    service: str,
+    target: HostPort,
+    t0: float,
+) -> ConnDecision:
+    """Complete the client side of mutual TLS to `target` (dialled at monotonic `t0`) and decide
+    whether the server is `service` and may be called. Sets `attempt.peer` and
+    `handshake_seconds`; a denial is recorded and `tls` closed before it is returned."""
+    try:
+        attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
+    except TlsHandshakeError as err:
+        detail = f"{service} at {target}: {err.failure.detail}"
+        return _denied(attempt, ConnDecision(False, err.failure.reason, detail))
+    attempt.handshake_seconds = time.monotonic() - t0
+    creds = contexts.credentials
+    decision = authorize_outbound(
+        creds.policy,
+        service,
+        attempt.peer,
+        rt.revocations.check,
+        policy_version=creds.policy_version,
+    )
+    return decision if decision.allowed else _denied(attempt, decision, tls)
+
+
+def _denied(attempt: Attempt, decision: ConnDecision, tls: TlsStream | None = None) -> ConnDecision:
+    attempt.deny(decision.reason, decision.detail)
+    if tls is not None:
+        tls.close()
+    return decision
 
 
 def current_outbound(rt: Runtime, index: int, started_with: OutboundConfig) -> OutboundConfig:
@@ -163,7 +207,6 @@ async def mesh_outbound(
 ) -> None:
     """The outbound pipeline once the destination is known and the call pre-authorized: open
     mutual TLS to `target`, check that the server is `service`, then relay."""
-    creds = contexts.credentials
     attempt.dst = str(target)
     plain = await accept_plain(attempt, sock)
     if plain is None:
@@ -175,23 +218,8 @@ async def mesh_outbound(
         plain.close()
         attempt.finish(pre, bytes_in=0, bytes_out=0, close_reason=reason, detail=detail)
         return
-    try:
-        attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
-    except TlsHandshakeError as err:
-        attempt.deny(err.failure.reason, f"{service} at {target}: {err.failure.detail}")
-        plain.close()
-        return
-    attempt.handshake_seconds = time.monotonic() - t0
-    decision = authorize_outbound(
-        creds.policy,
-        service,
-        attempt.peer,
-        rt.revocations.check,
-        policy_version=creds.policy_version,
-    )
+    decision = await outbound_decision(rt, attempt, tls, contexts, service, target, t0)
     if not decision.allowed:
-        attempt.deny(decision.reason, decision.detail)
-        tls.close()
         plain.close()
         return
     await relay_connection(rt, attempt, decision, plain, tls)

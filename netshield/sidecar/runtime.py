@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from netshield.agent.credentials import CredentialHolder
 from netshield.agent.revocations import RevocationState
-from netshield.record import ConnectionRecord
+from netshield.record import ConnectionRecord, Proxy
 from netshield.recordlog import RecordSink
 from netshield.sidecar.config import SidecarConfig
 from netshield.sidecar.livetable import ConnectionTable
@@ -24,6 +24,7 @@ class Runtime:
     sink: RecordSink
     metrics: SidecarMetrics
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    proxy: Proxy = "sidecar"  # what the records say wrapped the connections
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def emit(self, record: ConnectionRecord, handshake_seconds: float | None) -> None:
