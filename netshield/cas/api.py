@@ -172,7 +172,7 @@ async def handle_feed_stream(request: web.Request) -> web.StreamResponse:
     )
     await resp.prepare(request)
     await resp.write(b": netshield feed\n\n")
-    while True:
+    while not service.feed.closed:
         events, head = service.feed_events(since)
         for event in events:
             data = json.dumps(event, separators=(",", ":"))
@@ -181,8 +181,9 @@ async def handle_feed_stream(request: web.Request) -> web.StreamResponse:
             )
         since = head
         await service.feed.wait(15.0)
-        if not events:
+        if not events and not service.feed.closed:
             await resp.write(b": keep-alive\n\n")
+    return resp
 
 
 def _policy_head(service: CasService) -> dict[str, Any]:

@@ -153,6 +153,7 @@ async def running_cas(options: CasOptions, *, clock: Clock = utc_now) -> AsyncIt
             )
             yield RunningCas(service=service, bound=bound, app=runner.app)
         finally:
+            service.feed.close()  # pending long-polls answer now instead of holding up shutdown
             await runner.cleanup()
     finally:
         service.store.close()

@@ -112,18 +112,31 @@ class Refused:
 
 @dataclass
 class Feed:
-    """Wakes long-polling and streaming feed readers when the audit head moves."""
+    """Wakes long-polling and streaming feed readers when the audit head moves.
 
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    `close` (at shutdown) wakes every reader at once and keeps later waits from blocking, so the
+    CAS stops promptly with long-polls pending: each answers with what it has.
+    """
+
+    _moved: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
 
     async def notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+        if self.closed:
+            self._moved.set()
 
     async def wait(self, timeout: float) -> None:
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+        """Return when the head moves, the feed closes, or `timeout` seconds pass."""
+        if self.closed:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._moved.wait(), timeout)
+
+    def close(self) -> None:
+        self.closed = True
+        self._moved.set()
 
 
 def fingerprint(cert: x509.Certificate) -> str:
