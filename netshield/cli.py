@@ -24,7 +24,15 @@ from netshield.errors import ConfigError, NetshieldError, UsageError
 Command = Callable[[argparse.Namespace], int]
 
 # Subcommands in their own modules (netshield/commands/<name>.py), each with register(sub).
-COMMAND_MODULES: tuple[str, ...] = ("wait", "ui", "iptables", "logs", "explain", "status")
+COMMAND_MODULES: tuple[str, ...] = (
+    "wait",
+    "ui",
+    "iptables",
+    "logs",
+    "explain",
+    "status",
+    "evidence",
+)
 # `netshield cas <action>` subcommands in their own modules, each with register_cas(csub).
 CAS_COMMAND_MODULES: tuple[str, ...] = ("check_access",)
 
@@ -165,6 +173,10 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
         counter_file=Path(args.counter) if args.counter else None,
         adopt_counter=args.adopt_counter,
         server_names=tuple(args.san or ()),
+        collateral_dir=Path(args.collateral) if args.collateral else None,
+        unsafe_evidence_roots=Path(args.unsafe_evidence_roots)
+        if args.unsafe_evidence_roots
+        else None,
     )
     _run(serve(options))
     return 0
@@ -358,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--san", action="append", help="extra DNS name or IP for the CAS certificate (repeatable)"
+    )
+    q.add_argument(
+        "--collateral",
+        metavar="DIR",
+        help="vendor collateral for hardware evidence (AMD VCEK/ASK/ARK; Intel TCB Info, QE "
+        "Identity, CRLs), re-read when its files change",
+    )
+    q.add_argument(
+        "--unsafe-evidence-roots",
+        metavar="FILE",
+        help="PEM roots to trust for SEV-SNP/SGX/TDX evidence besides AMD's and Intel's "
+        "(test and lab hardware only)",
     )
     q.set_defaults(func=cmd_cas_serve)
 

@@ -20,6 +20,16 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from netshield.errors import ConfigError, Problem
+from netshield.evidence_policy import (
+    PLATFORM_EVIDENCE,
+    SERVICE_EVIDENCE,
+    OptionalList,
+    PlatformEvidenceRules,
+    Reference,
+    build_platform_rules,
+    build_references,
+    reference_problems,
+)
 from netshield.identity import name_problem, trust_domain_problem
 from netshield.schema import (
     Bool,
@@ -57,10 +67,15 @@ class PlatformRules:
     min_tcb: int = 0
     allow_debug: bool = False
     revoked: frozenset[str] = frozenset()
+    evidence: PlatformEvidenceRules = field(default_factory=PlatformEvidenceRules)
 
 
 @dataclass(frozen=True)
 class ServicePolicy:
+    """One service. `measurements` (with signer, product_id, min_svn) are the simulated
+    platform's reference values, empty when the service accepts hardware evidence only;
+    `evidence` holds the reference values per hardware evidence type it accepts."""
+
     name: str
     measurements: frozenset[str]
     signer: str | None = None
@@ -71,6 +86,12 @@ class ServicePolicy:
     enabled: bool = True
     allow_debug: bool | None = None  # None: platforms.allow_debug decides
     authorization: Authorization = "enforce"
+    evidence: Mapping[str, Reference] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def accepted_evidence(self) -> tuple[str, ...]:
+        """The evidence types this service accepts, the simulated platform first."""
+        return (("sim",) if self.measurements else ()) + tuple(self.evidence)
 
 
 @dataclass(frozen=True)
@@ -101,7 +122,7 @@ _U32 = Int(min=0, max=_U32_MAX)
 _SERVICE = Record(
     {
         "measurements": Field(
-            ListOf(_DIGEST, expected="a list of sha256 digests", non_empty=True), required=True
+            OptionalList(_DIGEST, expected="a list of sha256 digests", non_empty=True)
         ),
         "signer": Field(_DIGEST),
         "product_id": Field(_U32),
@@ -113,6 +134,7 @@ _SERVICE = Record(
         "authorization": Field(
             Str(expected="enforce or audit", choices=("enforce", "audit")), default="enforce"
         ),
+        "evidence": Field(SERVICE_EVIDENCE),
     },
     expected="a service (a mapping with measurements, allowed_callers, ...)",
 )
@@ -148,6 +170,7 @@ POLICY_SPEC = Record(
                             expected="a list of platform ids",
                         ),
                     ),
+                    **PLATFORM_EVIDENCE,
                 }
             )
         ),
@@ -187,6 +210,18 @@ def _cross_problems(doc: dict[str, Any]) -> list[Problem]:
     services, natives = _dicts(doc["services"]), _dicts(doc["native_services"])
     names = sorted(doc["services"]) if isinstance(doc["services"], dict) else []
     for name, svc in services.items():
+        if svc["measurements"] is None and not svc["evidence"]:
+            problems.append(
+                Problem(
+                    f"services.{name}.measurements",
+                    "missing (required: a list of sha256 digests, unless evidence names the "
+                    "hardware evidence the service accepts)",
+                )
+            )
+        problems += [
+            Problem(p, m)
+            for p, m in reference_problems(f"services.{name}.evidence", svc["evidence"])
+        ]
         callers = svc["allowed_callers"]
         for i, caller in enumerate(callers if isinstance(callers, list) else []):
             path = f"services.{name}.allowed_callers[{i}]"
@@ -226,7 +261,7 @@ def _build(doc: dict[str, Any]) -> Policy:
     services = {
         name: ServicePolicy(
             name=name,
-            measurements=frozenset(svc["measurements"]),
+            measurements=frozenset(svc["measurements"] or ()),
             signer=svc["signer"],
             product_id=svc["product_id"],
             min_svn=svc["min_svn"],
@@ -235,6 +270,7 @@ def _build(doc: dict[str, Any]) -> Policy:
             enabled=svc["enabled"],
             allow_debug=svc["allow_debug"],
             authorization=svc["authorization"],
+            evidence=build_references(svc["evidence"]),
         )
         for name, svc in doc["services"].items()
     }
@@ -249,6 +285,7 @@ def _build(doc: dict[str, Any]) -> Policy:
             min_tcb=platforms["min_tcb"],
             allow_debug=platforms["allow_debug"],
             revoked=frozenset(platforms["revoked"]),
+            evidence=build_platform_rules(platforms),
         ),
         services=MappingProxyType(services),
         native_services=MappingProxyType(natives),

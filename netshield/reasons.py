@@ -48,9 +48,18 @@ class Reason(enum.StrEnum):
     QUOTE_FORMAT_UNSUPPORTED = "QUOTE_FORMAT_UNSUPPORTED"
     PLATFORM_CERT_UNTRUSTED = "PLATFORM_CERT_UNTRUSTED"
     PLATFORM_CLAIM_NOT_CERTIFIED = "PLATFORM_CLAIM_NOT_CERTIFIED"
+    PLATFORM_CERT_REVOKED = "PLATFORM_CERT_REVOKED"
+    QE_REPORT_INVALID = "QE_REPORT_INVALID"
     QUOTE_SIGNATURE_INVALID = "QUOTE_SIGNATURE_INVALID"
+    COLLATERAL_MISSING = "COLLATERAL_MISSING"
+    COLLATERAL_INVALID = "COLLATERAL_INVALID"
+    COLLATERAL_EXPIRED = "COLLATERAL_EXPIRED"
+    QE_IDENTITY_MISMATCH = "QE_IDENTITY_MISMATCH"
+    TDX_MODULE_MISMATCH = "TDX_MODULE_MISMATCH"
     PLATFORM_REVOKED = "PLATFORM_REVOKED"
     TCB_OUT_OF_DATE = "TCB_OUT_OF_DATE"
+    TCB_STATUS_NOT_ACCEPTED = "TCB_STATUS_NOT_ACCEPTED"
+    TCB_REVOKED = "TCB_REVOKED"
     DEBUG_NOT_ALLOWED = "DEBUG_NOT_ALLOWED"
     NONCE_UNKNOWN = "NONCE_UNKNOWN"
     NONCE_REUSED = "NONCE_REUSED"
@@ -60,6 +69,7 @@ class Reason(enum.StrEnum):
     SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
     SERVICE_DISABLED = "SERVICE_DISABLED"
     SERVICE_REVOKED = "SERVICE_REVOKED"
+    EVIDENCE_TYPE_NOT_ACCEPTED = "EVIDENCE_TYPE_NOT_ACCEPTED"
     MEASUREMENT_NOT_ALLOWED = "MEASUREMENT_NOT_ALLOWED"
     SIGNER_NOT_ALLOWED = "SIGNER_NOT_ALLOWED"
     PRODUCT_NOT_ALLOWED = "PRODUCT_NOT_ALLOWED"
@@ -184,10 +194,59 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             "where debug is meant).",
         ),
         _r(
+            Reason.PLATFORM_CERT_REVOKED,
+            Stage.ATTESTATION,
+            403,
+            "A certificate of the platform's chain (an Intel PCK certificate or its CA) is on the "
+            "vendor's revocation list in the collateral directory: the platform may not attest.",
+        ),
+        _r(
+            Reason.QE_REPORT_INVALID,
+            Stage.ATTESTATION,
+            403,
+            "The DCAP quote's quoting-enclave report is not signed by the PCK key or does not bind "
+            "the attestation key: the quote was assembled from parts of different platforms.",
+        ),
+        _r(
             Reason.QUOTE_SIGNATURE_INVALID,
             Stage.ATTESTATION,
             403,
             "The quote's signature does not verify with the platform key: it was altered or forged.",
+        ),
+        _r(
+            Reason.COLLATERAL_MISSING,
+            Stage.ATTESTATION,
+            403,
+            "The CAS lacks vendor collateral for this platform (an SEV-SNP VCEK/VLEK or ARK/ASK, "
+            "an Intel TCB Info for its FMSPC, a QE Identity): fetch it into the --collateral "
+            "directory (`netshield evidence verify FILE --collateral DIR` names what is missing).",
+        ),
+        _r(
+            Reason.COLLATERAL_INVALID,
+            Stage.ATTESTATION,
+            403,
+            "A collateral file (TCB Info, QE Identity) is not signed by a vendor certificate that "
+            "chains to the pinned root: re-fetch it together with its issuer chain.",
+        ),
+        _r(
+            Reason.COLLATERAL_EXPIRED,
+            Stage.ATTESTATION,
+            403,
+            "The collateral (TCB Info, QE Identity or a revocation list) is outside its validity "
+            "window: fetch current collateral from the vendor into the --collateral directory.",
+        ),
+        _r(
+            Reason.QE_IDENTITY_MISMATCH,
+            Stage.ATTESTATION,
+            403,
+            "The quoting enclave is not the one Intel's QE Identity names (signer, product, "
+            "attributes): the quote did not come from Intel's quoting enclave.",
+        ),
+        _r(
+            Reason.TDX_MODULE_MISMATCH,
+            Stage.ATTESTATION,
+            403,
+            "The TDX module (MRSIGNERSEAM, SEAM attributes) is not one Intel's TCB Info names.",
         ),
         _r(
             Reason.PLATFORM_REVOKED,
@@ -200,7 +259,23 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Reason.TCB_OUT_OF_DATE,
             Stage.ATTESTATION,
             403,
-            "The platform's TCB level is below platforms.min_tcb; update the platform firmware.",
+            "The platform's TCB is below the policy minimum (platforms.min_tcb; for SEV-SNP "
+            "min_tcb under platforms.sev-snp or the service's evidence.sev-snp), or an Intel TCB "
+            "status of OutOfDate the policy does not accept: update the platform firmware.",
+        ),
+        _r(
+            Reason.TCB_STATUS_NOT_ACCEPTED,
+            Stage.ATTESTATION,
+            403,
+            "Intel's collateral gives the platform a TCB status (e.g. SWHardeningNeeded, "
+            "ConfigurationNeeded) that accepted_tcb_statuses does not list: fix the platform, or "
+            "tolerate the status in the policy after reading its advisories.",
+        ),
+        _r(
+            Reason.TCB_REVOKED,
+            Stage.ATTESTATION,
+            403,
+            "Intel's collateral lists the platform's TCB as Revoked; no policy can accept it.",
         ),
         _r(
             Reason.DEBUG_NOT_ALLOWED,
@@ -256,6 +331,14 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             403,
             "The service was revoked with `netshield cas revoke --service`; revocations are permanent "
             "in this CAS state, so redeploy the fixed service under a new name.",
+        ),
+        _r(
+            Reason.EVIDENCE_TYPE_NOT_ACCEPTED,
+            Stage.ATTESTATION,
+            403,
+            "The service does not accept this kind of evidence (simulated, sev-snp, sgx, tdx): "
+            "add reference values for it under services.<name>.evidence, or run the service on "
+            "the platform the policy names.",
         ),
         _r(
             Reason.MEASUREMENT_NOT_ALLOWED,

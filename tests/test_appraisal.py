@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from netshield.attestation.appraisal import Decision, appraise
 from netshield.attestation.quote import QUOTE_FORMAT, QuoteBody, report_data_for
+from netshield.attestation.evidence.sim import sim_evidence
 from netshield.attestation.verifier import VerifiedQuote
 from netshield.nonces import NonceStatus
 from netshield.policy import parse_policy
@@ -104,7 +105,7 @@ class Case:
             debug=case.debug,
             report_data=report_data_for(case.quoted_key, NONCE),
         )
-        quote = VerifiedQuote(body, case.platform_id, case.tcb_level, CERT)
+        quote = sim_evidence(VerifiedQuote(body, case.platform_id, case.tcb_level, CERT))
         return appraise(
             case.policy,  # type: ignore[arg-type]
             quote,

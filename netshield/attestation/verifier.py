@@ -1,10 +1,11 @@
 """Quote verification: did a trusted platform sign this quote body?
 
-`QuoteVerifier` is the seam where hardware would protect us: the CAS holds a verifier per quote
-format and never looks inside a quote itself. `SimulatedQuoteVerifier` verifies
-``netshield-sim-quote/1`` quotes against the simulated vendor roots; a verifier for real SGX
-DCAP, TDX or SEV-SNP quotes is another class with the same protocol, returning the same
-`VerifiedQuote`.
+`QuoteVerifier` is the seam where hardware protects us: the CAS holds one verifier and never
+looks inside a quote itself; whatever the evidence type, it gets a `VerifiedEvidence` back.
+`netshield.attestation.evidence.verifier.EvidenceVerifier` implements it for every type; for
+the simulated platform it calls `SimulatedQuoteVerifier`, which verifies
+``netshield-sim-quote/1`` quotes against the simulated vendor roots and returns the
+simulated platform's own `VerifiedQuote`.
 
 `SimulatedQuoteVerifier.verify` is pure (time is passed in) and checks, in this order, stopping
 at the first failure with a `QuoteError` carrying the reason:
@@ -34,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from netshield.attestation.evidence.claims import VerifiedEvidence
 from netshield.attestation.quote import QUOTE_FORMAT, Quote, QuoteBody, decode_quote
 from netshield.errors import QuoteError
 from netshield.pki.certext import platform_claims_of
@@ -52,16 +54,16 @@ class VerifiedQuote:
 
 
 class QuoteVerifier(Protocol):
-    """Verifies quotes of the formats it names; raises QuoteError with a reason on failure."""
+    """Verifies evidence of the formats it names; raises QuoteError with a reason on failure."""
 
     formats: frozenset[str]
 
-    def verify(self, data: bytes, *, now: datetime) -> VerifiedQuote:
-        """The verified content of the wire-encoded quote `data`, as of `now`."""
+    def verify(self, data: bytes, *, now: datetime) -> VerifiedEvidence:
+        """The verified content of the wire-encoded evidence `data`, as of `now`."""
         ...
 
 
-class SimulatedQuoteVerifier(QuoteVerifier):
+class SimulatedQuoteVerifier:
     """Verifies simulated platform quotes against the simulated vendor root certificates."""
 
     formats: frozenset[str] = frozenset({QUOTE_FORMAT})

@@ -22,8 +22,11 @@ from typing import TextIO
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
+from netshield.attestation.evidence.chains import TrustAnchors, load_certificates
+from netshield.attestation.evidence.verifier import EvidenceVerifier
 from netshield.attestation.verifier import SimulatedQuoteVerifier
 from netshield.cas.api import MAX_CONCURRENT_ATTESTATIONS, Clock, make_app, utc_now
+from netshield.cas.collateral import CollateralFiles
 from netshield.cas.counter import MonotonicCounter
 from netshield.cas.service import CasService, bootstrap_policy
 from netshield.cas.store import CasStore
@@ -51,6 +54,8 @@ class CasOptions:
     server_names: tuple[str, ...] = ()
     nonce_ttl: timedelta = timedelta(seconds=30)
     max_attestations: int = MAX_CONCURRENT_ATTESTATIONS
+    collateral_dir: Path | None = None
+    unsafe_evidence_roots: Path | None = None
 
 
 UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names to leave out of the certificate
@@ -108,13 +113,40 @@ def build_service(options: CasOptions, now: datetime) -> CasService:
         service = CasService(
             store=store,
             ca=material.ca,
-            verifier=SimulatedQuoteVerifier(material.vendor_roots),
+            verifier=build_verifier(options, SimulatedQuoteVerifier(material.vendor_roots)),
             nonce_ttl=options.nonce_ttl,
         )
     except BaseException:
         store.close()
         raise
     return service
+
+
+def build_verifier(options: CasOptions, sim: SimulatedQuoteVerifier) -> EvidenceVerifier:
+    """The evidence verifier: the simulated platform, and SEV-SNP/SGX/TDX with the pinned vendor
+    roots (plus --unsafe-evidence-roots, for labs and tests) and the --collateral directory."""
+    anchors = TrustAnchors()
+    if options.unsafe_evidence_roots is not None:
+        path = options.unsafe_evidence_roots
+        try:
+            roots = load_certificates(path.read_bytes())
+        except (OSError, ValueError) as err:
+            raise UsageError(
+                f"--unsafe-evidence-roots {path}: not readable PEM certificates ({err})"
+            ) from None
+        anchors = anchors.with_extra(roots)
+        log.warning(
+            "--unsafe-evidence-roots: trusting %d root(s) besides AMD's and Intel's for hardware "
+            "evidence; never in production",
+            len(roots),
+        )
+    if options.collateral_dir is not None and not options.collateral_dir.is_dir():
+        raise UsageError(
+            f"--collateral {options.collateral_dir}: no such directory (put the vendors' "
+            "certificates, TCB Info and QE Identity files there)"
+        )
+    files = CollateralFiles(options.collateral_dir)
+    return EvidenceVerifier(sim=sim, anchors=anchors, collateral=files.current)
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,18 +191,25 @@ class CasService:
         return self.store.issue_nonce(now=now, ttl=self.nonce_ttl), now + self.nonce_ttl
 
     def attest(self, request: AttestRequest, now: datetime) -> Issued | Refused:
-        """Check a quote + CSR in the order of DESIGN §3.4; issue a certificate or refuse."""
+        """Check evidence + CSR in the order of DESIGN §3.4; issue a certificate or refuse."""
         nonce_status = self.store.consume_nonce(request.nonce, now=now)
         try:
             verified = self.verifier.verify(request.quote, now=now)
         except QuoteError as err:
-            return self._refuse(err.reason, str(err), request.service, None, None, now)
-        body = verified.body
+            kind = getattr(err, "evidence_type", None)
+            return self._refuse(err.reason, str(err), request.service, None, None, now, kind)
+        kind = verified.evidence_type
         try:
             csr = parse_csr(request.csr_pem)
         except CsrError as err:
             return self._refuse(
-                err.reason, str(err), request.service, verified.platform_id, body.measurement, now
+                err.reason,
+                str(err),
+                request.service,
+                verified.platform_id,
+                verified.measurement,
+                now,
+                kind,
             )
         policy = self._policy
         decision = appraise(
@@ -221,8 +228,9 @@ class CasService:
                 decision.detail,
                 request.service,
                 verified.platform_id,
-                body.measurement,
+                verified.measurement,
                 now,
+                kind,
             )
         spiffe_id = SpiffeId.for_service(policy.trust_domain, request.service)
         epoch = policy.certificates.min_epoch
@@ -234,7 +242,7 @@ class CasService:
             now=now,
             lifetime=policy.certificates.lifetime,
             claims=AttestationClaims(
-                measurement=body.measurement,
+                measurement=verified.measurement,
                 policy_version=version,
                 epoch=epoch,
                 platform_id=verified.platform_id,
@@ -244,19 +252,21 @@ class CasService:
             serial=cert.serial_number,
             service=request.service,
             platform_id=verified.platform_id,
-            measurement=body.measurement,
+            measurement=verified.measurement,
             not_after=cert.not_valid_after_utc,
             policy_version=version,
             epoch=epoch,
             now=now,
             fingerprint=fingerprint(cert),
+            evidence_type=kind,
         )
         log.info(
-            "attest allow service=%s platform=%s serial=%x measurement=%s",
+            "attest allow service=%s evidence=%s platform=%s serial=%x measurement=%s",
             request.service,
+            kind,
             verified.platform_id,
             cert.serial_number,
-            body.measurement,
+            verified.measurement,
         )
         chain = cert.public_bytes(serialization.Encoding.PEM) + self.ca.bundle_pem()
         return Issued(
@@ -277,6 +287,7 @@ class CasService:
         platform_id: str | None,
         measurement: str | None,
         now: datetime,
+        evidence_type: str | None,
     ) -> Refused:
         self.store.record_denied(
             reason=reason.value,
@@ -285,15 +296,17 @@ class CasService:
             platform_id=platform_id,
             measurement=measurement,
             now=now,
+            evidence_type=evidence_type,
         )
         log.warning(
-            "attest deny reason=%s service=%s platform=%s: %s",
+            "attest deny reason=%s service=%s evidence=%s platform=%s: %s",
             reason.value,
             service,
+            evidence_type,
             platform_id,
             detail,
         )
-        return Refused(Decision(allowed=False, reason=reason, detail=detail))
+        return Refused(Decision(False, reason, detail, evidence_type))
 
     # --- operator actions --------------------------------------------------------------------
     def revoke(

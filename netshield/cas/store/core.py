@@ -282,8 +282,10 @@ class CasStore:
         epoch: int,
         now: datetime,
         fingerprint: str,
+        evidence_type: str | None = None,
     ) -> None:
-        """Record an issued certificate; audited as ``attest.allow``."""
+        """Record an issued certificate; audited as ``attest.allow`` (with the evidence type
+        when it is hardware evidence, so entries of the simulated platform read as before)."""
         cert = IssuedCert(
             serial,
             service,
@@ -305,6 +307,8 @@ class CasStore:
             "epoch": epoch,
             "fingerprint": fingerprint,
         }
+        if evidence_type not in (None, "sim"):
+            data["evidence_type"] = evidence_type
 
         def work(tx: StateTx) -> AuditEntry:
             tx.insert_issued(cert)
@@ -323,19 +327,20 @@ class CasStore:
         platform_id: str | None,
         measurement: str | None,
         now: datetime,
+        evidence_type: str | None = None,
     ) -> None:
-        """Record a refused attestation; audited as ``attest.deny``."""
-        self._append_audited(
-            EV_DENY,
-            {
-                "reason": reason,
-                "detail": detail,
-                "service": service,
-                "platform_id": platform_id,
-                "measurement": measurement,
-            },
-            now=now,
-        )
+        """Record a refused attestation; audited as ``attest.deny`` (with the evidence type when
+        it is hardware evidence: which check failed for which type)."""
+        data: dict[str, Any] = {
+            "reason": reason,
+            "detail": detail,
+            "service": service,
+            "platform_id": platform_id,
+            "measurement": measurement,
+        }
+        if evidence_type not in (None, "sim"):
+            data["evidence_type"] = evidence_type
+        self._append_audited(EV_DENY, data, now=now)
 
     def issued(self, serial: int) -> IssuedCert | None:
         return self.backend.read(lambda tx: tx.issued(serial_hex(serial)))
