@@ -86,7 +86,7 @@ class OptionalRecord(Record):
         return None
 
 
-_STATUSES = ListOf(
+_STATUSES = OptionalList(
     Str(
         expected="an Intel TCB status",
         choices=ACCEPTABLE_STATUSES,
@@ -116,7 +116,9 @@ SNP_REFERENCE = OptionalRecord(
 )
 SGX_REFERENCE = OptionalRecord(
     {
-        "mrenclave": Field(ListOf(HEX32, expected="a list of MRENCLAVE values", non_empty=True)),
+        "mrenclave": Field(
+            OptionalList(HEX32, expected="a list of MRENCLAVE values", non_empty=True)
+        ),
         "mrsigner": Field(HEX32),
         "product_id": Field(Int(min=0, max=_U16_MAX)),
         "min_svn": Field(Int(min=0, max=_U16_MAX), default=0),
@@ -131,10 +133,14 @@ TDX_REFERENCE = OptionalRecord(
             ListOf(HEX48, expected="a list of MRTD values", non_empty=True), required=True
         ),
         **{
-            f"rtmr{i}": Field(ListOf(HEX48, expected=f"a list of RTMR{i} values", non_empty=True))
+            f"rtmr{i}": Field(
+                OptionalList(HEX48, expected=f"a list of RTMR{i} values", non_empty=True)
+            )
             for i in range(4)
         },
-        "mrconfigid": Field(ListOf(HEX48, expected="a list of MRCONFIGID values", non_empty=True)),
+        "mrconfigid": Field(
+            OptionalList(HEX48, expected="a list of MRCONFIGID values", non_empty=True)
+        ),
         "accepted_tcb_statuses": Field(_STATUSES),
         "allow_debug": _DEBUG,
     },

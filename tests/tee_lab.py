@@ -47,11 +47,12 @@ def der_oid(dotted: str) -> bytes:
     arcs = [int(a) for a in dotted.split(".")]
     out = bytearray([40 * arcs[0] + arcs[1]])
     for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
+        rest = arc
+        chunk = [rest & 0x7F]
+        rest >>= 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
         out += bytes(reversed(chunk))
     return _tlv(0x06, bytes(out))
 
@@ -140,13 +141,17 @@ class SnpLab:
     def __post_init__(self) -> None:
         self.ark_key = rsa.generate_private_key(65537, 2048)
         ask_key = rsa.generate_private_key(65537, 2048)
-        self.ark = make_cert(f"ARK-{self.name}", self.ark_key, f"ARK-{self.name}", self.ark_key, ca=True)
+        self.ark = make_cert(
+            f"ARK-{self.name}", self.ark_key, f"ARK-{self.name}", self.ark_key, ca=True
+        )
         self.ask = make_cert(f"SEV-{self.name}", ask_key, f"ARK-{self.name}", self.ark_key, ca=True)
         self._ask_key = ask_key
         self.vcek_key = ec.generate_private_key(ec.SECP384R1())
         self.vcek = self.vcek_for(self.tcb)
 
-    def vcek_for(self, tcb: tuple[int, int, int, int], chip_id: bytes | None = None) -> x509.Certificate:
+    def vcek_for(
+        self, tcb: tuple[int, int, int, int], chip_id: bytes | None = None
+    ) -> x509.Certificate:
         bl, tee, snp_spl, ucode = tcb
 
         def ext(oid: str, value: bytes) -> x509.UnrecognizedExtension:
@@ -163,8 +168,12 @@ class SnpLab:
             ext(AMD + "4", chip_id or self.chip_id),
         ]
         return make_cert(
-            "SEV-VCEK", self.vcek_key, f"SEV-{self.name}", self._ask_key,
-            ca=False, extensions=exts,  # type: ignore[arg-type]
+            "SEV-VCEK",
+            self.vcek_key,
+            f"SEV-{self.name}",
+            self._ask_key,
+            ca=False,
+            extensions=exts,  # type: ignore[arg-type]
         )
 
     @property
@@ -201,9 +210,11 @@ class SnpLab:
         r[0x1E0:0x1E8] = tcb_raw
         r[0x1E8:0x1EB] = bytes([3, 55, 1])
         r[0x1F0:0x1F8] = tcb_raw
-        rr, ss = decode_dss_signature(self.vcek_key.sign(bytes(r[:0x2A0]), ec.ECDSA(hashes.SHA384())))
-        r[0x2A0:0x2A0 + 72] = rr.to_bytes(72, "little")
-        r[0x2A0 + 72:0x2A0 + 144] = ss.to_bytes(72, "little")
+        rr, ss = decode_dss_signature(
+            self.vcek_key.sign(bytes(r[:0x2A0]), ec.ECDSA(hashes.SHA384()))
+        )
+        r[0x2A0 : 0x2A0 + 72] = rr.to_bytes(72, "little")
+        r[0x2A0 + 72 : 0x2A0 + 144] = ss.to_bytes(72, "little")
         return bytes(r)
 
 
@@ -233,15 +244,24 @@ class DcapLab:
         root_cn = f"{self.name} SGX Root CA"
         self.root = make_cert(root_cn, self.root_key, root_cn, self.root_key, ca=True)
         self.pck_ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.pck_ca = make_cert(f"{self.name} SGX PCK Platform CA", self.pck_ca_key, root_cn, self.root_key, ca=True)
+        self.pck_ca = make_cert(
+            f"{self.name} SGX PCK Platform CA", self.pck_ca_key, root_cn, self.root_key, ca=True
+        )
         self.tcb_key = ec.generate_private_key(ec.SECP256R1())
-        self.tcb_signer = make_cert(f"{self.name} SGX TCB Signing", self.tcb_key, root_cn, self.root_key, ca=False)
+        self.tcb_signer = make_cert(
+            f"{self.name} SGX TCB Signing", self.tcb_key, root_cn, self.root_key, ca=False
+        )
         self.pck_key = ec.generate_private_key(ec.SECP256R1())
         self.att_key = ec.generate_private_key(ec.SECP256R1())
 
-    def pck_cert(self, components: tuple[int, ...] = UP_TO_DATE_COMPONENTS, pcesvn: int = 13) -> x509.Certificate:
+    def pck_cert(
+        self, components: tuple[int, ...] = UP_TO_DATE_COMPONENTS, pcesvn: int = 13
+    ) -> x509.Certificate:
         tcb = der_seq(
-            *(der_seq(der_oid(f"{SGX_EXT}.2.{i + 1}"), der_int(c)) for i, c in enumerate(components)),
+            *(
+                der_seq(der_oid(f"{SGX_EXT}.2.{i + 1}"), der_int(c))
+                for i, c in enumerate(components)
+            ),
             der_seq(der_oid(f"{SGX_EXT}.2.17"), der_int(pcesvn)),
             der_seq(der_oid(f"{SGX_EXT}.2.18"), der_octets(bytes(components))),
         )
@@ -254,13 +274,19 @@ class DcapLab:
         )
         ext = x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXT), value)
         return make_cert(
-            f"{self.name} SGX PCK Certificate", self.pck_key, f"{self.name} SGX PCK Platform CA",
-            self.pck_ca_key, ca=False, extensions=[ext],  # type: ignore[list-item]
+            f"{self.name} SGX PCK Certificate",
+            self.pck_key,
+            f"{self.name} SGX PCK Platform CA",
+            self.pck_ca_key,
+            ca=False,
+            extensions=[ext],  # type: ignore[list-item]
         )
 
     # -- bodies
     @staticmethod
-    def sgx_body(*, report_data: bytes, mrenclave: bytes, mrsigner: bytes, prod: int, svn: int, debug: bool) -> bytes:
+    def sgx_body(
+        *, report_data: bytes, mrenclave: bytes, mrsigner: bytes, prod: int, svn: int, debug: bool
+    ) -> bytes:
         b = bytearray(384)
         b[0:16] = bytes(UP_TO_DATE_COMPONENTS)
         flags = 0x05 | (0x02 if debug else 0)
@@ -311,15 +337,28 @@ class DcapLab:
         body = (
             self.td_body(report_data=report_data, mrtd=mrtd, rtmrs=rtmrs, debug=debug)
             if tdx
-            else self.sgx_body(report_data=report_data, mrenclave=mrenclave, mrsigner=mrsigner, prod=prod, svn=svn, debug=debug)
+            else self.sgx_body(
+                report_data=report_data,
+                mrenclave=mrenclave,
+                mrsigner=mrsigner,
+                prod=prod,
+                svn=svn,
+                debug=debug,
+            )
         )
         signed = bytes(header) + body
         att = p256_point(self.att_key)
         auth = bytes(range(32))
-        qe = bytearray(self.sgx_body(
-            report_data=hashlib.sha256(att + auth).digest() + bytes(32),
-            mrenclave=b"\x99" * 32, mrsigner=QE_MRSIGNER, prod=2 if tdx else 1, svn=qe_svn, debug=False,
-        ))
+        qe = bytearray(
+            self.sgx_body(
+                report_data=hashlib.sha256(att + auth).digest() + bytes(32),
+                mrenclave=b"\x99" * 32,
+                mrsigner=QE_MRSIGNER,
+                prod=2 if tdx else 1,
+                svn=qe_svn,
+                debug=False,
+            )
+        )
         qe[48:64] = (0x11).to_bytes(8, "little") + bytes(8)  # INIT | PROVISIONKEY, as Intel's QE
         qe_sig = raw_sig(self.pck_key, bytes(qe))
         chain = pem(pck or self.pck_cert(), self.pck_ca, self.root)
@@ -349,8 +388,12 @@ class DcapLab:
             }
             if tdx:
                 tcb["tdxtcbcomponents"] = [{"svn": c} for c in [5, 0, 3] + [0] * 13]
-            return {"tcb": tcb, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": st,
-                    "advisoryIDs": [] if st == "UpToDate" else ["INTEL-SA-00001"]}
+            return {
+                "tcb": tcb,
+                "tcbDate": "2025-01-01T00:00:00Z",
+                "tcbStatus": st,
+                "advisoryIDs": [] if st == "UpToDate" else ["INTEL-SA-00001"],
+            }
 
         info: dict[str, object] = {
             "id": "TDX" if tdx else "SGX",
@@ -364,8 +407,11 @@ class DcapLab:
             "tcbLevels": [level(UP_TO_DATE_COMPONENTS, status), level(OLD_COMPONENTS, "OutOfDate")],
         }
         if tdx:
-            info["tdxModule"] = {"mrsigner": module_signer.hex(), "attributes": "0000000000000000",
-                                 "attributesMask": "FFFFFFFFFFFFFFFF"}
+            info["tdxModule"] = {
+                "mrsigner": module_signer.hex(),
+                "attributes": "0000000000000000",
+                "attributesMask": "FFFFFFFFFFFFFFFF",
+            }
         return self._signed("tcbInfo", info)
 
     def qe_identity(
@@ -400,7 +446,9 @@ class DcapLab:
         sig = raw_sig(self.tcb_key, inner.encode()).hex()
         return ('{"' + key + '":' + inner + ',"signature":"' + sig + '"}').encode()
 
-    def pck_crl(self, revoked: list[int] = (), *, issue: datetime = NOW - timedelta(days=1), days: int = 30) -> bytes:  # type: ignore[assignment]
+    def pck_crl(
+        self, revoked: list[int] = (), *, issue: datetime = NOW - timedelta(days=1), days: int = 30
+    ) -> bytes:  # type: ignore[assignment]
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.pck_ca.subject)
@@ -409,9 +457,14 @@ class DcapLab:
         )
         for serial in revoked:
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(issue).build()
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(issue)
+                .build()
             )
-        return builder.sign(self.pck_ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+        return builder.sign(self.pck_ca_key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.DER
+        )
 
     def write_collateral(
         self, directory: Path, kind: str = "sgx", *, now: datetime = NOW, **overrides: bytes

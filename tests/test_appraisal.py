@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netshield.attestation.appraisal import Decision, appraise
-from netshield.attestation.quote import QUOTE_FORMAT, QuoteBody, report_data_for
 from netshield.attestation.evidence.sim import sim_evidence
+from netshield.attestation.quote import QUOTE_FORMAT, QuoteBody, report_data_for
 from netshield.attestation.verifier import VerifiedQuote
 from netshield.nonces import NonceStatus
 from netshield.policy import parse_policy

@@ -50,17 +50,27 @@ def flip(data: bytes, offset: int, bit: int = 0) -> bytes:
 
 def test_snp_report_with_its_vcek_chain_verifies(snp_lab: SnpLab) -> None:
     report = snp_lab.report(report_data=b"\x07" * 64, measurement=b"\x42" * 48)
-    ev = snp_verifier(snp_lab).verify(evidence_envelope("sev-snp", report, snp_lab.certificates_pem), now=NOW)
+    ev = snp_verifier(snp_lab).verify(
+        evidence_envelope("sev-snp", report, snp_lab.certificates_pem), now=NOW
+    )
     assert ev.evidence_type == "sev-snp"
     assert ev.platform_id == "sev-snp:" + snp_lab.chip_id.hex()
     assert ev.measurement == "42" * 48 and ev.report_data == b"\x07" * 64 and not ev.debug
     assert ev.tcb.to_json() == {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
-    assert [c.subject for c in ev.chain] == [snp_lab.vcek.subject, snp_lab.ask.subject, snp_lab.ark.subject]
+    assert [c.subject for c in ev.chain] == [
+        snp_lab.vcek.subject,
+        snp_lab.ask.subject,
+        snp_lab.ark.subject,
+    ]
 
 
 def test_snp_report_with_one_bit_flipped_in_the_signed_body_is_refused(snp_lab: SnpLab) -> None:
     report = flip(snp_lab.report(), 0x90)  # the measurement
-    refused(snp_verifier(snp_lab), evidence_envelope("sev-snp", report, snp_lab.certificates_pem), Reason.QUOTE_SIGNATURE_INVALID)
+    refused(
+        snp_verifier(snp_lab),
+        evidence_envelope("sev-snp", report, snp_lab.certificates_pem),
+        Reason.QUOTE_SIGNATURE_INVALID,
+    )
 
 
 def test_snp_chain_from_another_root_is_refused(snp_lab: SnpLab) -> None:
@@ -72,7 +82,9 @@ def test_snp_chain_from_another_root_is_refused(snp_lab: SnpLab) -> None:
 
 def test_snp_vcek_signed_by_a_stranger_ask_is_refused(snp_lab: SnpLab) -> None:
     stranger = SnpLab(name="Test")  # same names, other keys
-    data = evidence_envelope("sev-snp", snp_lab.report(), pem(snp_lab.vcek, stranger.ask, snp_lab.ark))
+    data = evidence_envelope(
+        "sev-snp", snp_lab.report(), pem(snp_lab.vcek, stranger.ask, snp_lab.ark)
+    )
     refused(snp_verifier(snp_lab), data, Reason.PLATFORM_CERT_UNTRUSTED)
 
 
@@ -83,7 +95,11 @@ def test_snp_report_without_a_vcek_names_the_missing_collateral(snp_lab: SnpLab)
 
 def test_snp_vcek_of_another_tcb_does_not_verify_a_report(snp_lab: SnpLab) -> None:
     report = snp_lab.report(tcb=(2, 0, 8, 115))  # reported TCB differs from the VCEK's
-    err = refused(snp_verifier(snp_lab), evidence_envelope("sev-snp", report, snp_lab.certificates_pem), Reason.COLLATERAL_MISSING)
+    err = refused(
+        snp_verifier(snp_lab),
+        evidence_envelope("sev-snp", report, snp_lab.certificates_pem),
+        Reason.COLLATERAL_MISSING,
+    )
     assert "bootloader=3" in str(err)
 
 
@@ -100,15 +116,26 @@ def test_snp_vcek_from_the_collateral_directory_is_found(snp_lab: SnpLab, tmp_pa
 
 def test_snp_chain_outside_its_validity_is_refused(snp_lab: SnpLab) -> None:
     data = evidence_envelope("sev-snp", snp_lab.report(), snp_lab.certificates_pem)
-    refused(snp_verifier(snp_lab), data, Reason.PLATFORM_CERT_UNTRUSTED, now=NOW + timedelta(days=20 * 365))
+    refused(
+        snp_verifier(snp_lab),
+        data,
+        Reason.PLATFORM_CERT_UNTRUSTED,
+        now=NOW + timedelta(days=20 * 365),
+    )
 
 
 def test_snp_debug_and_unsigned_reports(snp_lab: SnpLab) -> None:
     verifier = snp_verifier(snp_lab)
-    debug = verifier.verify(evidence_envelope("sev-snp", snp_lab.report(debug=True), snp_lab.certificates_pem), now=NOW)
+    debug = verifier.verify(
+        evidence_envelope("sev-snp", snp_lab.report(debug=True), snp_lab.certificates_pem), now=NOW
+    )
     assert debug.debug  # verified: whether debug is allowed is the policy's call
     unsigned = snp_lab.report(signing_key=7)
-    refused(verifier, evidence_envelope("sev-snp", unsigned, snp_lab.certificates_pem), Reason.QUOTE_SIGNATURE_INVALID)
+    refused(
+        verifier,
+        evidence_envelope("sev-snp", unsigned, snp_lab.certificates_pem),
+        Reason.QUOTE_SIGNATURE_INVALID,
+    )
 
 
 # --- Intel DCAP (SGX v3, TDX v4) ----------------------------------------------------------------
@@ -126,7 +153,9 @@ KINDS = ["sgx", "tdx"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dcap_quote_with_current_collateral_verifies(dcap_lab: DcapLab, tmp_path: Path, kind: str) -> None:
+def test_dcap_quote_with_current_collateral_verifies(
+    dcap_lab: DcapLab, tmp_path: Path, kind: str
+) -> None:
     verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, kind))
     ev = verifier.verify(dcap_lab.quote(kind, report_data=b"\x09" * 64), now=NOW)
     assert ev.evidence_type == kind and ev.platform_id == f"{kind}:" + "ab" * 16
@@ -138,13 +167,17 @@ def test_dcap_quote_with_current_collateral_verifies(dcap_lab: DcapLab, tmp_path
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dcap_quote_with_one_bit_flipped_in_the_body_is_refused(dcap_lab: DcapLab, tmp_path: Path, kind: str) -> None:
+def test_dcap_quote_with_one_bit_flipped_in_the_body_is_refused(
+    dcap_lab: DcapLab, tmp_path: Path, kind: str
+) -> None:
     verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, kind))
     refused(verifier, flip(dcap_lab.quote(kind), 48 + 100), Reason.QUOTE_SIGNATURE_INVALID)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dcap_chain_from_another_root_is_refused(dcap_lab: DcapLab, tmp_path: Path, kind: str) -> None:
+def test_dcap_chain_from_another_root_is_refused(
+    dcap_lab: DcapLab, tmp_path: Path, kind: str
+) -> None:
     dcap_lab.write_collateral(tmp_path, kind)
     verifier = EvidenceVerifier(sim=None, collateral=lambda: read_collateral_dir(tmp_path))
     err = refused(verifier, dcap_lab.quote(kind), Reason.PLATFORM_CERT_UNTRUSTED)
@@ -158,7 +191,9 @@ def test_dcap_qe_report_not_signed_by_the_pck_is_refused(dcap_lab: DcapLab, tmp_
     refused(verifier, flip(quote, 48 + 384 + 4 + 128 + 300), Reason.QE_REPORT_INVALID)
 
 
-def test_dcap_qe_report_that_does_not_bind_the_attestation_key_is_refused(dcap_lab: DcapLab, tmp_path: Path) -> None:
+def test_dcap_qe_report_that_does_not_bind_the_attestation_key_is_refused(
+    dcap_lab: DcapLab, tmp_path: Path
+) -> None:
     verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path))
     quote = dcap_lab.quote()
     auth_at = 48 + 384 + 4 + 128 + 384 + 64 + 2  # the QE authentication data
@@ -172,14 +207,20 @@ def test_dcap_pck_on_the_revocation_list_is_refused(dcap_lab: DcapLab, tmp_path:
     refused(verifier, dcap_lab.quote(pck=pck), Reason.PLATFORM_CERT_REVOKED)
 
 
-def test_dcap_stale_revocation_list_is_expired_collateral(dcap_lab: DcapLab, tmp_path: Path) -> None:
+def test_dcap_stale_revocation_list_is_expired_collateral(
+    dcap_lab: DcapLab, tmp_path: Path
+) -> None:
     stale = dcap_lab.pck_crl(issue=NOW - timedelta(days=60))
-    verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, **{"pck_crl.der": stale}))
+    verifier = dcap_verifier(
+        dcap_lab, dcap_lab.write_collateral(tmp_path, **{"pck_crl.der": stale})
+    )
     refused(verifier, dcap_lab.quote(), Reason.COLLATERAL_EXPIRED)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dcap_missing_tcb_info_or_qe_identity_is_named(dcap_lab: DcapLab, tmp_path: Path, kind: str) -> None:
+def test_dcap_missing_tcb_info_or_qe_identity_is_named(
+    dcap_lab: DcapLab, tmp_path: Path, kind: str
+) -> None:
     no_tcb = dcap_lab.write_collateral(tmp_path / "a", kind, **{f"{kind}_tcb_info.json": b""})
     err = refused(dcap_verifier(dcap_lab, no_tcb), dcap_lab.quote(kind), Reason.COLLATERAL_MISSING)
     assert "00906ed50000" in str(err)  # the FMSPC to fetch
@@ -188,14 +229,23 @@ def test_dcap_missing_tcb_info_or_qe_identity_is_named(dcap_lab: DcapLab, tmp_pa
 
 
 def test_dcap_altered_tcb_info_is_invalid_collateral(dcap_lab: DcapLab, tmp_path: Path) -> None:
-    altered = dcap_lab.tcb_info().replace(b'"tcbEvaluationDataNumber":17', b'"tcbEvaluationDataNumber":18')
-    verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, **{"sgx_tcb_info.json": altered}))
+    altered = dcap_lab.tcb_info().replace(
+        b'"tcbEvaluationDataNumber":17', b'"tcbEvaluationDataNumber":18'
+    )
+    verifier = dcap_verifier(
+        dcap_lab, dcap_lab.write_collateral(tmp_path, **{"sgx_tcb_info.json": altered})
+    )
     refused(verifier, dcap_lab.quote(), Reason.COLLATERAL_INVALID)
 
 
-def test_dcap_tcb_info_signed_by_a_stranger_is_invalid_collateral(dcap_lab: DcapLab, tmp_path: Path) -> None:
+def test_dcap_tcb_info_signed_by_a_stranger_is_invalid_collateral(
+    dcap_lab: DcapLab, tmp_path: Path
+) -> None:
     stranger = DcapLab(name="Stranger")
-    files = {"sgx_tcb_info.json": stranger.tcb_info(), "stranger_chain.pem": pem(stranger.tcb_signer, stranger.root)}
+    files = {
+        "sgx_tcb_info.json": stranger.tcb_info(),
+        "stranger_chain.pem": pem(stranger.tcb_signer, stranger.root),
+    }
     verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, **files))
     refused(verifier, dcap_lab.quote(), Reason.COLLATERAL_INVALID)
 
@@ -203,31 +253,43 @@ def test_dcap_tcb_info_signed_by_a_stranger_is_invalid_collateral(dcap_lab: Dcap
 def test_dcap_expired_tcb_info_is_expired_collateral(dcap_lab: DcapLab, tmp_path: Path) -> None:
     later = NOW + timedelta(days=45)
     fresh_crl = dcap_lab.pck_crl(issue=later - timedelta(days=1))
-    verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, **{"pck_crl.der": fresh_crl}))
+    verifier = dcap_verifier(
+        dcap_lab, dcap_lab.write_collateral(tmp_path, **{"pck_crl.der": fresh_crl})
+    )
     err = refused(verifier, dcap_lab.quote(), Reason.COLLATERAL_EXPIRED, now=later)
     assert "TCB Info" in str(err)
 
 
 def test_dcap_quoting_enclave_not_intels_is_refused(dcap_lab: DcapLab, tmp_path: Path) -> None:
     other = dcap_lab.qe_identity(mrsigner=b"\x77" * 32, issue=NOW - timedelta(days=1))
-    verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, **{"sgx_qe_identity.json": other}))
+    verifier = dcap_verifier(
+        dcap_lab, dcap_lab.write_collateral(tmp_path, **{"sgx_qe_identity.json": other})
+    )
     refused(verifier, dcap_lab.quote(), Reason.QE_IDENTITY_MISMATCH)
 
 
-def test_dcap_quoting_enclave_below_every_level_is_out_of_date(dcap_lab: DcapLab, tmp_path: Path) -> None:
+def test_dcap_quoting_enclave_below_every_level_is_out_of_date(
+    dcap_lab: DcapLab, tmp_path: Path
+) -> None:
     verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path))
     ev = verifier.verify(dcap_lab.quote(qe_svn=3), now=NOW)  # QE level 0 is OutOfDate
-    assert ev.tcb.to_json()["qe_status"] == "OutOfDate" and ev.tcb.to_json()["status"] == "OutOfDate"
+    assert (
+        ev.tcb.to_json()["qe_status"] == "OutOfDate" and ev.tcb.to_json()["status"] == "OutOfDate"
+    )
 
 
 def test_tdx_module_not_intels_is_refused(dcap_lab: DcapLab, tmp_path: Path) -> None:
     info = dcap_lab.tcb_info("tdx", module_signer=b"\x66" * 48, issue=NOW - timedelta(days=1))
-    verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, "tdx", **{"tdx_tcb_info.json": info}))
+    verifier = dcap_verifier(
+        dcap_lab, dcap_lab.write_collateral(tmp_path, "tdx", **{"tdx_tcb_info.json": info})
+    )
     refused(verifier, dcap_lab.quote("tdx"), Reason.TDX_MODULE_MISMATCH)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dcap_outdated_platform_gets_the_collaterals_status(dcap_lab: DcapLab, tmp_path: Path, kind: str) -> None:
+def test_dcap_outdated_platform_gets_the_collaterals_status(
+    dcap_lab: DcapLab, tmp_path: Path, kind: str
+) -> None:
     verifier = dcap_verifier(dcap_lab, dcap_lab.write_collateral(tmp_path, kind))
     old = dcap_lab.pck_cert(components=OLD_COMPONENTS)
     ev = verifier.verify(dcap_lab.quote(kind, pck=old), now=NOW)

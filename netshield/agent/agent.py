@@ -243,6 +243,7 @@ class Agent:
             self.cas_reachable = False
         message = str(err) if isinstance(err, NetshieldError | ValueError) else repr(err)
         self.last_error = message
+        self.holder.note_failure(message)
         creds = self.holder.credentials
         now = self._clock()
         if creds is not None and not creds.expired(now):

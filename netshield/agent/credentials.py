@@ -41,6 +41,7 @@ class CredentialHolder:
         self._clock = clock
         self._contexts: TlsContexts | None = None
         self._discarded: str | None = None
+        self._last_failure: str | None = None
         self.generation = 0  # bumped on every install/discard, for callers that cache
 
     def __repr__(self) -> str:
@@ -80,7 +81,13 @@ class CredentialHolder:
             )
         self._contexts = contexts
         self._discarded = None
+        self._last_failure = None
         self.generation += 1
+
+    def note_failure(self, message: str) -> None:
+        """Remember why the last attestation failed (e.g. the CAS's reason code, the evidence
+        type and the check), so a fail-closed connection record says it."""
+        self._last_failure = message if len(message) <= 400 else message[:399] + "…"
 
     def discard(self, why: str) -> None:
         """Drop the credentials (e.g. they were revoked): `current()` is None until `install`."""
@@ -93,13 +100,14 @@ class CredentialHolder:
         """Whether the sidecar holds a valid certificate, and if not why."""
         now = self._clock() if now is None else now
         creds = self.credentials
+        last = f"; last attestation: {self._last_failure}" if self._last_failure else ""
         if creds is None:
             detail = self._discarded or "not attested yet"
-            return HolderState(False, Reason.NO_CREDENTIALS, detail)
+            return HolderState(False, Reason.NO_CREDENTIALS, detail + last)
         if creds.expired(now):
             return HolderState(
                 False,
                 Reason.NO_CREDENTIALS,
-                f"certificate {creds.serial:x} expired at {creds.not_after.isoformat()}",
+                f"certificate {creds.serial:x} expired at {creds.not_after.isoformat()}{last}",
             )
         return HolderState(True, None, f"certificate {creds.serial:x} valid")

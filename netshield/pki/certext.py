@@ -9,7 +9,8 @@ ASN.1 (both extensions are non-critical):
 
     -- netshield attestation claims, in every mesh leaf the CAS issues
     AttestationClaims ::= SEQUENCE {
-        measurement    OCTET STRING (SIZE (32)),   -- SHA-256 workload measurement
+        measurement    OCTET STRING (SIZE (32 | 48)), -- SHA-256 workload measurement, or the
+                                                    -- SEV-SNP / TDX 48-byte one
         policyVersion  INTEGER (0..2^63-1),        -- policy version the CAS appraised against
         epoch          INTEGER (0..2^63-1),        -- the policy's certificate epoch
         platformId     UTF8String (SIZE (0..255)) } -- the attested platform ("" if unknown)
@@ -39,7 +40,7 @@ PLATFORM_CLAIMS_OID = x509.ObjectIdentifier("2.25.158773762538349970503426693388
 
 MAX_CLAIM_INT = 2**63 - 1
 MAX_PLATFORM_ID_CHARS = 255
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MEASUREMENT = re.compile(r"[0-9a-f]{64}|[0-9a-f]{96}")
 
 # ---------------------------------------------------------------------------------------------
 # A minimal DER codec: one SEQUENCE of UTF8String / OCTET STRING / INTEGER / BOOLEAN.
@@ -171,14 +172,14 @@ def _check_int(name: str, value: object) -> None:
 class AttestationClaims:
     """What the CAS attested for a mesh certificate. Invalid values raise `ValueError`."""
 
-    measurement: str  # lower-case 64-hex SHA-256
+    measurement: str  # lower-case hex: SHA-256 (64), or SEV-SNP / TDX launch measurement (96)
     policy_version: int
     epoch: int
     platform_id: str = ""  # the attested platform; "" when unknown (sidecars then match by serial)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.measurement, str) or not _HEX64.fullmatch(self.measurement):
-            raise ValueError("measurement must be a lower-case 64-hex SHA-256 digest")
+        if not isinstance(self.measurement, str) or not _MEASUREMENT.fullmatch(self.measurement):
+            raise ValueError("measurement must be 64 or 96 lower-case hex characters")
         _check_int("policy_version", self.policy_version)
         _check_int("epoch", self.epoch)
         if not isinstance(self.platform_id, str) or len(self.platform_id) > MAX_PLATFORM_ID_CHARS:
@@ -218,7 +219,7 @@ def decode_attestation_claims(data: bytes) -> AttestationClaims:
     items = decode_der_sequence(data)
     match items:
         case [bytes() as digest, int() as policy_version, int() as epoch, str() as platform_id] if (
-            len(digest) == 32
+            len(digest) in (32, 48)
         ):
             return AttestationClaims(digest.hex(), policy_version, epoch, platform_id)
     raise ValueError("not a netshield AttestationClaims SEQUENCE")
