@@ -2,17 +2,26 @@
 
 After OpenSSL verified the peer's chain against the mesh CA, the sidecar decides here, without
 sockets: is the peer a service of this trust domain, is it revoked or minted under a stale epoch,
-and does the policy slice this sidecar received allow the call. Inbound checks the caller against
-`allowed_callers`; outbound checks that the server is the expected destination service and that
-this service may call it. A service in `audit` mode gets would-be denials allowed and marked.
+does its certificate look like one the CAS issues under the policy this sidecar holds (valid at
+`now`, a lifetime within `certificates.lifetime`, a measurement the policy allows for its
+service, an epoch that is current), and does the policy slice allow the call. Inbound checks the
+caller against `allowed_callers`; outbound checks that the server is the expected destination
+service and that this service may call it. A service in `audit` mode gets would-be denials
+allowed and marked (only PEER_NOT_AUTHORIZED ones: a certificate problem is never relaxed).
+
+Guarantees: a resumed TLS session is decided exactly like a full handshake (OpenSSL does not
+verify the certificate again when it resumes, so expiry is checked here against `now`); the
+certificate checks hold even for someone who holds the mesh CA key but not the policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal
 
+from netshield.pki.ca import CLOCK_SKEW
 from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.tls.peer import PeerInfo
@@ -77,6 +86,69 @@ def _revoked(peer: PeerInfo, check: RevocationCheck) -> ConnDecision | None:
     )
 
 
+def certificate_problem(
+    slice_: PolicySlice, peer: PeerInfo, now: datetime, *, feed_epoch: int = 0
+) -> ConnDecision | None:
+    """Why the peer's certificate is not one the CAS issues under this policy, or None.
+
+    `feed_epoch` is the minimum epoch the CAS feed last announced (it may be newer than the
+    slice's). A certificate without attestation claims never gets here (`_revoked` refuses it).
+    """
+    who = f"the peer {peer.spiffe_id}"
+    if peer.not_after is None or now >= peer.not_after:
+        when = peer.not_after.isoformat() if peer.not_after else "an unknown time"
+        resumed = " (a resumed TLS session)" if peer.resumed else ""
+        return _deny(
+            Reason.PEER_CERT_EXPIRED,
+            f"{who}'s certificate expired at {when}{resumed}; its sidecar must re-attest",
+        )
+    if peer.not_before is not None:
+        lifetime = peer.not_after - peer.not_before
+        if lifetime > slice_.certificate_lifetime + CLOCK_SKEW:
+            return _deny(
+                Reason.PEER_CERT_LIFETIME_EXCEEDED,
+                f"{who}'s certificate lives {_span(lifetime)}, longer than certificates.lifetime "
+                f"{_span(slice_.certificate_lifetime)}: the CAS issued no such certificate",
+            )
+    claims, service = peer.claims, peer.service
+    entry = slice_.registry.get(service) if service else None
+    if entry is None:
+        return _deny(
+            Reason.PEER_MEASUREMENT_NOT_ALLOWED,
+            f"the policy names no service {service}, so no measurement is allowed for {who}: "
+            "the CAS issued no such certificate",
+        )
+    if claims is not None and claims.measurement not in entry.measurements:
+        return _deny(
+            Reason.PEER_MEASUREMENT_NOT_ALLOWED,
+            f"{who}'s certificate carries measurement {claims.measurement[:16]}..., which is not "
+            f"in services.{service}.measurements",
+        )
+    current = max(slice_.min_epoch, feed_epoch)
+    if peer.epoch is not None and peer.epoch > current:
+        return _deny(
+            Reason.PEER_EPOCH_UNKNOWN,
+            f"{who}'s certificate claims epoch {peer.epoch}, above the current epoch {current}: "
+            "the CAS issued no such certificate",
+        )
+    if peer.epoch is not None and peer.epoch < slice_.min_epoch:
+        return _deny(
+            Reason.POLICY_STALE,
+            f"{who}'s certificate (epoch {peer.epoch}) predates the policy's "
+            f"certificates.min_epoch {slice_.min_epoch}; it must re-attest",
+        )
+    return None
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
 def _serial(peer: PeerInfo) -> str:
     return format(peer.serial, "x") if peer.serial is not None else "unknown"
 
@@ -88,11 +160,22 @@ def _audited(decision: ConnDecision, mode: Mode) -> ConnDecision:
 
 
 def authorize_inbound(
-    slice_: PolicySlice, peer: PeerInfo, check: RevocationCheck, *, policy_version: int
+    slice_: PolicySlice,
+    peer: PeerInfo,
+    check: RevocationCheck,
+    *,
+    policy_version: int,
+    now: datetime,
+    feed_epoch: int = 0,
 ) -> ConnDecision:
-    """May `peer` call the local service? The slice is the one the CAS issued with our certificate."""
+    """May `peer` call the local service at `now`? The slice is the one the CAS issued with our
+    certificate; `feed_epoch` the minimum epoch the CAS feed announced last."""
     local = slice_.service
-    problem = _identity_problem(peer, slice_.trust_domain) or _revoked(peer, check)
+    problem = (
+        _identity_problem(peer, slice_.trust_domain)
+        or _revoked(peer, check)
+        or certificate_problem(slice_, peer, now, feed_epoch=feed_epoch)
+    )
     if problem:
         return problem
     caller = peer.service
@@ -115,8 +198,11 @@ def authorize_outbound(
     check: RevocationCheck,
     *,
     policy_version: int,
+    now: datetime,
+    feed_epoch: int = 0,
 ) -> ConnDecision:
-    """Is the server we reached really `destination`, and may the local service call it?"""
+    """Is the server we reached really `destination` (with a certificate the CAS would issue),
+    and may the local service call it?"""
     trust_domain = slice_.trust_domain
     problem = _identity_problem(peer, trust_domain)
     if problem:
@@ -126,7 +212,7 @@ def authorize_outbound(
             Reason.PEER_IDENTITY_MISMATCH,
             f"expected spiffe://{trust_domain}/svc/{destination} but the server is {peer.spiffe_id}",
         )
-    problem = _revoked(peer, check)
+    problem = _revoked(peer, check) or certificate_problem(slice_, peer, now, feed_epoch=feed_epoch)
     if problem:
         return problem
     return may_call_decision(slice_, destination, policy_version=policy_version)

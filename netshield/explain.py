@@ -24,6 +24,7 @@ from netshield.authz import ConnDecision, authorize_inbound, may_call_decision
 from netshield.identity import SpiffeId
 from netshield.logs.parties import Parties, expected_service, parties, service_of
 from netshield.logs.table import human_bytes, human_duration
+from netshield.pki.ca import CLOCK_SKEW
 from netshield.pki.certext import AttestationClaims
 from netshield.policy import Policy, may_call
 from netshield.policyslice import slice_for
@@ -273,10 +274,19 @@ def _cert_untrusted(ctx: _Ctx) -> None:
 
 
 def _cert_expired(ctx: _Ctx) -> None:
-    ctx.say(
-        f"Denied: `{ctx.peer}`'s certificate had expired: its sidecar failed to renew (is its "
-        "CAS reachable? `netshield status --admin ADDR` on that sidecar shows the last error)."
-    )
+    if ctx.record.decision == "allow":
+        ctx.say(
+            f"It was closed when `{ctx.peer}`'s certificate expired while the connection was "
+            "open: a connection never outlives the certificate it was allowed on. New "
+            "connections use the peer's renewed certificate."
+        )
+    else:
+        resumed = " (on a resumed TLS session)" if ctx.record.resumed else ""
+        ctx.say(
+            f"Denied: `{ctx.peer}`'s certificate had expired{resumed}: its sidecar failed to "
+            "renew (is its CAS reachable? `netshield status --admin ADDR` on that sidecar shows "
+            "the last error)."
+        )
     ctx.clause = "certificates.lifetime"
     ctx.change = f"fix `{ctx.peer}`'s renewal (CAS reachability, attestation errors)"
 
@@ -316,6 +326,23 @@ def _stale(ctx: _Ctx) -> None:
         f"`{ctx.peer}` re-attests (at its next renewal, or restart its sidecar), or lower "
         f"`certificates.min_epoch`, {ctx.current}"
     )
+
+
+def _minted(what: str, clause: str) -> Explainer:
+    """A peer certificate that the CAS would not issue under the policy."""
+
+    def explain(ctx: _Ctx) -> None:
+        ctx.say(
+            f"Denied: `{ctx.peer}`'s certificate chains to the mesh CA but {what}: the CAS "
+            f"issues no such certificate ({ctx.record.detail})."
+        )
+        ctx.clause = clause
+        ctx.change = (
+            "find out who holds the mesh CA key (it belongs only to the CAS) and rotate it; if "
+            f"the policy just changed, `{ctx.peer}` re-attests within seconds"
+        )
+
+    return explain
 
 
 # --- the sidecar itself ---------------------------------------------------------------------
@@ -447,6 +474,16 @@ EXPLAINERS: dict[str, Explainer] = {
     Reason.PEER_CERT_EXPIRED: _cert_expired,
     Reason.PEER_REVOKED: _revoked,
     Reason.POLICY_STALE: _stale,
+    Reason.PEER_EPOCH_UNKNOWN: _minted(
+        "claims a certificate epoch above the current one", "certificates.min_epoch"
+    ),
+    Reason.PEER_CERT_LIFETIME_EXCEEDED: _minted(
+        "lives longer than the policy allows", "certificates.lifetime"
+    ),
+    Reason.PEER_MEASUREMENT_NOT_ALLOWED: _minted(
+        "carries a measurement the policy does not allow for its service",
+        "services.<name>.measurements",
+    ),
     Reason.TLS_HANDSHAKE_FAILED: _handshake_failed,
     Reason.HANDSHAKE_TIMEOUT: _handshake_timeout,
     Reason.NO_CREDENTIALS: _no_credentials,
@@ -465,6 +502,13 @@ EXPLAINERS: dict[str, Explainer] = {
     ),
     Reason.PEER_RESET: _closed("The caller reset or abandoned the connection ({r.detail})."),
     Reason.UPSTREAM_RESET: _closed("The upstream side reset or aborted the connection."),
+    Reason.TLS_STREAM_ERROR: _closed(
+        "It was closed on a TLS failure after the handshake ({r.detail}): a record was "
+        "corrupted or tampered with on the wire.",
+        None,
+        "look for what sits on the path between the two sidecars (a middlebox rewriting bytes, "
+        "faulty hardware, an active attacker)",
+    ),
     Reason.DRAINED: _drained,
     Reason.CREDENTIALS_EXPIRED: _closed(
         "It was closed because `{ctx.local}`'s own certificate expired while it was open: the "
@@ -615,7 +659,8 @@ def check_access(
         peer = PeerInfo(
             spiffe_id=SpiffeId.for_service(td, caller),
             serial=None,
-            not_after=None,
+            not_after=now + policy.certificates.lifetime,
+            not_before=now - CLOCK_SKEW,
             claims=AttestationClaims(
                 measurement=sorted(svc.measurements)[0],
                 policy_version=max(version, 1),
@@ -625,7 +670,9 @@ def check_access(
             cipher="",
             resumed=False,
         )
-        inbound = authorize_inbound(slice_for(policy, callee), peer, check, policy_version=version)
+        inbound = authorize_inbound(
+            slice_for(policy, callee), peer, check, policy_version=version, now=now
+        )
         steps.append(f"`{callee}`'s sidecar (inbound): {_word(inbound)}")
         decision = outbound if not outbound.allowed else inbound
     record = ConnectionRecord(

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
 from netshield.errors import NetshieldError
 from netshield.identity import SpiffeId
 from netshield.netaddr import HostPort
-from netshield.policy import Policy, may_call
+from netshield.policy import DEFAULT_LIFETIME, Policy, may_call
 from netshield.reasons import Reason
 from netshield.schema import did_you_mean
 
@@ -38,6 +39,7 @@ class MeshEntry:
     identity: str
     addresses: tuple[HostPort, ...] = ()
     authorization: Authorization = "enforce"
+    measurements: frozenset[str] = frozenset()  # what its workload may measure to
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class PolicySlice:
     allowed_callers: frozenset[str] = frozenset()
     authorization: Authorization = "enforce"
     min_epoch: int = 1
+    certificate_lifetime: timedelta = DEFAULT_LIFETIME
     registry: Mapping[str, MeshEntry] = field(default_factory=_frozen_map)
     native_services: Mapping[str, NativeEntry] = field(default_factory=_frozen_map)
 
@@ -88,11 +91,13 @@ class PolicySlice:
             "allowed_callers": sorted(self.allowed_callers),
             "authorization": self.authorization,
             "min_epoch": self.min_epoch,
+            "certificate_lifetime_seconds": int(self.certificate_lifetime.total_seconds()),
             "registry": {
                 name: {
                     "addresses": [str(a) for a in entry.addresses],
                     "identity": entry.identity,
                     "authorization": entry.authorization,
+                    "measurements": sorted(entry.measurements),
                 }
                 for name, entry in sorted(self.registry.items())
             },
@@ -121,6 +126,9 @@ class PolicySlice:
                     if (a := reader.address(text, f"{path}.addresses[{i}]")) is not None
                 ),
                 authorization=reader.mode(entry.get("authorization"), f"{path}.authorization"),
+                measurements=frozenset(
+                    reader.names(entry.get("measurements"), f"{path}.measurements")
+                ),
             )
             for name, entry, path in reader.named(doc.get("registry"), "policy.registry")
         }
@@ -144,6 +152,11 @@ class PolicySlice:
             ),
             authorization=reader.mode(doc.get("authorization"), "policy.authorization"),
             min_epoch=reader.count(doc.get("min_epoch"), "policy.min_epoch"),
+            certificate_lifetime=timedelta(
+                seconds=reader.count(
+                    doc.get("certificate_lifetime_seconds"), "policy.certificate_lifetime_seconds"
+                )
+            ),
             registry=_frozen_map(registry),
             native_services=_frozen_map(natives),
         )
@@ -250,6 +263,7 @@ def slice_for(policy: Policy, service: str) -> PolicySlice:
         allowed_callers=frozenset(own.allowed_callers),
         authorization=own.authorization,
         min_epoch=policy.certificates.min_epoch,
+        certificate_lifetime=policy.certificates.lifetime,
         registry=_frozen_map(
             {
                 name: MeshEntry(
@@ -257,6 +271,7 @@ def slice_for(policy: Policy, service: str) -> PolicySlice:
                     identity=str(SpiffeId.for_service(policy.trust_domain, name)),
                     addresses=tuple(HostPort.parse(a, allow_zero=False) for a in svc.addresses),
                     authorization=svc.authorization,
+                    measurements=svc.measurements,
                 )
                 for name, svc in policy.services.items()
             }

@@ -91,6 +91,9 @@ class Reason(enum.StrEnum):
     PEER_CERT_EXPIRED = "PEER_CERT_EXPIRED"
     PEER_REVOKED = "PEER_REVOKED"
     POLICY_STALE = "POLICY_STALE"
+    PEER_EPOCH_UNKNOWN = "PEER_EPOCH_UNKNOWN"
+    PEER_CERT_LIFETIME_EXCEEDED = "PEER_CERT_LIFETIME_EXCEEDED"
+    PEER_MEASUREMENT_NOT_ALLOWED = "PEER_MEASUREMENT_NOT_ALLOWED"
     TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
     HANDSHAKE_TIMEOUT = "HANDSHAKE_TIMEOUT"
     NO_CREDENTIALS = "NO_CREDENTIALS"
@@ -106,6 +109,7 @@ class Reason(enum.StrEnum):
     IDLE_TIMEOUT = "IDLE_TIMEOUT"
     PEER_RESET = "PEER_RESET"
     UPSTREAM_RESET = "UPSTREAM_RESET"
+    TLS_STREAM_ERROR = "TLS_STREAM_ERROR"
     DRAINED = "DRAINED"
     CREDENTIALS_EXPIRED = "CREDENTIALS_EXPIRED"
 
@@ -455,6 +459,31 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             "certificates.min_epoch; the peer must re-attest.",
         ),
         _r(
+            Reason.PEER_EPOCH_UNKNOWN,
+            Stage.DATA_PLANE,
+            403,
+            "The peer's certificate claims a certificate epoch above the policy's current one: "
+            "the CAS never issues such a certificate, so it was minted elsewhere. Find out who "
+            "holds the mesh CA key; if the epoch was just raised, this sidecar learns it from "
+            "the CAS feed within seconds.",
+        ),
+        _r(
+            Reason.PEER_CERT_LIFETIME_EXCEEDED,
+            Stage.DATA_PLANE,
+            403,
+            "The peer's certificate lives longer than the policy's certificates.lifetime: the "
+            "CAS never issues such a certificate, so it was minted elsewhere (or the lifetime "
+            "was just lowered and the peer has not re-attested yet).",
+        ),
+        _r(
+            Reason.PEER_MEASUREMENT_NOT_ALLOWED,
+            Stage.DATA_PLANE,
+            403,
+            "The measurement in the peer's certificate is not one of services.<peer>.measurements "
+            "in the policy this sidecar holds: the certificate was minted elsewhere, or the "
+            "measurement was removed from the policy.",
+        ),
+        _r(
             Reason.TLS_HANDSHAKE_FAILED,
             Stage.DATA_PLANE,
             403,
@@ -539,6 +568,14 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.DATA_PLANE,
             200,
             "The upstream side reset or aborted the connection.",
+        ),
+        _r(
+            Reason.TLS_STREAM_ERROR,
+            Stage.DATA_PLANE,
+            200,
+            "A TLS failure after the handshake (a record failed its integrity check, a malformed "
+            "record or an unexpected message): the connection was tampered with or corrupted on "
+            "the wire; the detail names OpenSSL's reason and the side.",
         ),
         _r(
             Reason.DRAINED,

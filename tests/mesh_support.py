@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,10 @@ import yaml
 
 from netshield.attestation.measurement import measure
 from netshield.attestation.platform import create_platform, save_platform
-from netshield.pki.ca import load_ca
+from netshield.identity import SpiffeId
+from netshield.pki.ca import issue_certificate, load_ca
+from netshield.pki.certext import AttestationClaims
+from netshield.pki.keys import generate_key, private_key_pem
 from netshield.trustdomain import Layout, create_trust_domain
 from tests.support import netshield_cmd
 
@@ -190,6 +193,36 @@ class Mesh:
             text=True,
             timeout=30,
         )
+
+    def mint(
+        self,
+        name: str,
+        service: str = "frontend",
+        *,
+        lifetime: timedelta = timedelta(minutes=10),
+        now: datetime | None = None,
+        measurement: str | None = None,
+        epoch: int = 1,
+    ) -> tuple[str, str]:
+        """A leaf signed with the mesh CA key, as the CAS would issue it by default (the policy's
+        lifetime, the service's measurement, the current epoch): what an attacker holding the
+        CA key could mint. Returns (certificate path, key path)."""
+        from cryptography.hazmat.primitives import serialization
+
+        ca = load_ca(self.ca_pem, self.layout.cas_state / "mesh-ca.key")
+        key = generate_key()
+        cert = issue_certificate(
+            ca,
+            public_key=key.public_key(),
+            spiffe_id=SpiffeId.for_service(TD, service),
+            now=now or datetime.now(UTC),
+            lifetime=lifetime,
+            claims=AttestationClaims(measurement or self.measurements[service], 1, epoch, "p1"),
+        )
+        cert_path, key_path = self.root / f"{name}.pem", self.root / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(private_key_pem(key))
+        return str(cert_path), str(key_path)
 
     def sidecar_config(self, service: str, **sections: Any) -> Path:
         assert self.cas is not None

@@ -11,18 +11,12 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from netshield.identity import SpiffeId
-from netshield.pki.ca import issue_certificate, load_ca
-from netshield.pki.certext import AttestationClaims
-from netshield.pki.keys import generate_key, private_key_pem
-from tests.mesh_support import TD, EchoServer, Mesh, make_mesh, roundtrip
+from tests.mesh_support import EchoServer, Mesh, make_mesh, roundtrip
 from tests.support import netshield_cmd
 
 pytestmark = pytest.mark.slow
@@ -64,20 +58,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def direct_tls_as_intruder(mesh: Mesh, port: int) -> None:
     """A client that bypasses its sidecar with a genuine mesh certificate for `intruder`."""
-    now = datetime.now(UTC)
-    ca = load_ca(mesh.layout.cas_state / "mesh-ca.pem", mesh.layout.cas_state / "mesh-ca.key")
-    key = generate_key()
-    cert = issue_certificate(
-        ca,
-        public_key=key.public_key(),
-        spiffe_id=SpiffeId.for_service(TD, "intruder"),
-        now=now - timedelta(minutes=1),
-        lifetime=timedelta(hours=1),
-        claims=AttestationClaims("a" * 64, 1, 1, "p1"),
-    )
-    cert_path, key_path = mesh.root / "intruder.pem", mesh.root / "intruder.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(private_key_pem(key))
+    cert_path, key_path = mesh.mint("intruder", "intruder")
     ctx = ssl.create_default_context(cafile=str(mesh.ca_pem))
     ctx.check_hostname = False
     ctx.load_cert_chain(cert_path, key_path)

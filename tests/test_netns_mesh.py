@@ -22,17 +22,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 
-from netshield.identity import SpiffeId
-from netshield.pki.ca import issue_certificate, load_ca
-from netshield.pki.certext import AttestationClaims
-from netshield.pki.keys import generate_key, private_key_pem
 from tests.mesh_support import ENTRY, TD, Mesh, make_mesh
 from tests.netns_lab import (
     SIDECAR_UID,
@@ -259,21 +253,8 @@ def test_host_without_sidecar_is_refused_and_no_plaintext_reaches_the_service(
 
 def _intruder_cert(w: World) -> tuple[Path, Path]:
     """A genuine mesh certificate for `intruder` (as if stolen from its sidecar)."""
-    state = w.mesh.layout.cas_state
-    ca = load_ca(state / "mesh-ca.pem", state / "mesh-ca.key")
-    key = generate_key()
-    cert = issue_certificate(
-        ca,
-        public_key=key.public_key(),
-        spiffe_id=SpiffeId.for_service(TD, "intruder"),
-        now=datetime.now(UTC),
-        lifetime=timedelta(hours=1),
-        claims=AttestationClaims("a" * 64, 1, 1, "p1"),
-    )
-    cert_path, key_path = w.lab.root / "intruder.pem", w.lab.root / "intruder.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(private_key_pem(key))
-    return cert_path, key_path
+    cert, key = w.mesh.mint("intruder", "intruder")
+    return Path(cert), Path(key)
 
 
 def test_caller_the_policy_does_not_allow_is_denied_and_both_sides_record_it(

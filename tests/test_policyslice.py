@@ -39,7 +39,9 @@ def test_a_slice_round_trips_through_its_json_form() -> None:
         "spiffe://t.example/svc/orders",
         (HostPort("orders.internal", 8443), HostPort("fd00::2", 8443)),
         "audit",
+        frozenset({M}),
     )
+    assert typed.certificate_lifetime.total_seconds() == 300
     assert typed.native_services["billing"] == NativeEntry(
         "billing", HostPort("10.0.0.9", 9000), waf=False
     )

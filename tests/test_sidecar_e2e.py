@@ -145,23 +145,20 @@ def _write_cert(
     *,
     ca_kind: str,
     service: str = "frontend",
-    lifetime: timedelta = timedelta(hours=1),
+    lifetime: timedelta = timedelta(minutes=10),
     now: datetime | None = None,
 ) -> tuple[str, str]:
+    if ca_kind == "mesh":
+        return mesh.mint(name, service, lifetime=lifetime, now=now)
     now = now or datetime.now(UTC)
-    ca = (
-        load_ca(mesh.layout.cas_state / "mesh-ca.pem", mesh.layout.cas_state / "mesh-ca.key")
-        if ca_kind == "mesh"
-        else create_root_ca("rogue", now=now)
-    )
     key = generate_key()
     cert = issue_certificate(
-        ca,
+        create_root_ca("rogue", now=now),
         public_key=key.public_key(),
         spiffe_id=SpiffeId.for_service(TD, service),
         now=now,
         lifetime=lifetime,
-        claims=AttestationClaims("a" * 64, 1, 1, "p1"),
+        claims=AttestationClaims(mesh.measurements[service], 1, 1, "p1"),
     )
     cert_path, key_path = mesh.root / f"{name}.pem", mesh.root / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -150,3 +150,20 @@ def test_translate_is_total(reason: str, message: str, kind: type[ssl.SSLError])
 @given(st.sampled_from([ValueError("x"), RuntimeError(), OSError(), KeyError("k")]))
 def test_translate_accepts_any_exception(err: BaseException) -> None:
     assert translate(err, server_side=False).reason is Reason.TLS_HANDSHAKE_FAILED
+
+
+@pytest.mark.parametrize(
+    "name", ["DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "RECORD_LAYER_FAILURE", "SOMETHING_NEW"]
+)
+def test_a_failure_after_the_handshake_is_a_tls_stream_error(name: str) -> None:
+    during = translate(ssl_error(name), server_side=True)
+    after = translate(ssl_error(name), server_side=True, after_handshake=True)
+    assert during.reason is Reason.TLS_HANDSHAKE_FAILED
+    assert after.reason is Reason.TLS_STREAM_ERROR
+    assert after.detail == f"after the handshake: {during.detail}"
+
+
+def test_a_refusal_of_our_certificate_after_the_handshake_stays_a_handshake_failure() -> None:
+    """TLS 1.3: a client learns on its first read that the server refused its certificate."""
+    late = translate(ssl_error("TLSV1_ALERT_UNKNOWN_CA"), server_side=False, after_handshake=True)
+    assert late.reason is Reason.TLS_HANDSHAKE_FAILED and "unknown ca" in late.detail

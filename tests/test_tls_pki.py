@@ -20,7 +20,7 @@ from netshield.pki.ca import CertificateAuthority, create_root_ca, issue_certifi
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.keys import certs_pem, generate_key, private_key_pem
 from netshield.policyslice import PolicySlice
-from netshield.tls.contexts import build_contexts, client_context, server_context
+from netshield.tls.contexts import TLS12_CIPHERS, build_contexts, client_context, server_context
 from netshield.tls.credentials import MeshCredentials
 from netshield.tls.endpoint import HandshakeComplete, TlsEndpoint, TlsEvent
 from netshield.tls.peer import peer_info_from_der
@@ -247,3 +247,15 @@ def test_peer_info_of_odd_certificates_has_no_identity(pki: Pki) -> None:
     )
     assert info.spiffe_id == SpiffeId(TD, "admin/alice") and info.service is None
     assert info.claims is None and info.platform_id is None and info.serial == cert.serial_number
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_tls12_offers_only_ecdhe_with_aead_suites(pki: Pki, side: str) -> None:
+    build = server_context if side == "server" else client_context
+    ctx = build(pki.creds("orders"), min_version=ssl.TLSVersion.TLSv1_2)
+    tls12 = [c for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 and all(c["kea"] == "kx-ecdhe" and c["aead"] for c in tls12)
+    assert {c["name"] for c in tls12} == set(TLS12_CIPHERS.split(":"))
+    # the twin: an SSLContext left at its defaults offers CBC suites for TLS 1.2
+    default = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).get_ciphers()
+    assert any(c["protocol"] == "TLSv1.2" and not c["aead"] for c in default)

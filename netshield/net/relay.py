@@ -5,7 +5,8 @@ then supervise them: both directions finished, one side reset, no byte moved for
 timeout, a stop event, or a close from outside through a `RelayHandle` (revocation, drain,
 credential expiry).
 Guarantees: `relay` returns exactly one `RelayResult` whose `close_reason` is CLOSED, PEER_RESET
-(downstream reset), UPSTREAM_RESET, IDLE_TIMEOUT, the stop reason or the handle's reason; when it
+(downstream reset), UPSTREAM_RESET, a TLS stream's failure reason (TLS_STREAM_ERROR mid-stream;
+the detail says which side), IDLE_TIMEOUT, the stop reason or the handle's reason; when it
 returns, both streams are closed or closing (a graceful close that does not finish within
 `close_grace` seconds becomes an abort). When the calling task is cancelled both streams are
 aborted and `CancelledError` propagates. Counting is two plain ints kept by the streams; the
@@ -130,10 +131,10 @@ async def _supervise(
             return handle.reason
         if down_closed.done() and down_closed.result() is not Reason.CLOSED:
             upstream.abort()
-            return Reason.PEER_RESET
+            return _broken(down_closed.result(), Reason.PEER_RESET)
         if up_closed.done() and up_closed.result() is not Reason.CLOSED:
             downstream.abort()
-            return Reason.UPSTREAM_RESET
+            return _broken(up_closed.result(), Reason.UPSTREAM_RESET)
         if down_closed.done() and up_closed.done():
             return Reason.CLOSED
         total = downstream.bytes_read + upstream.bytes_read
@@ -143,6 +144,11 @@ async def _supervise(
         elif now - last_change >= idle_timeout:
             await _close_both(downstream, upstream, close_grace)
             return Reason.IDLE_TIMEOUT
+
+
+def _broken(reason: Reason, reset: Reason) -> Reason:
+    """A stream that ended badly: a reset is named by its side, a TLS failure by its reason."""
+    return reset if reason is Reason.PEER_RESET else reason
 
 
 async def _close_both(downstream: Stream, upstream: Stream, grace: float) -> None:

@@ -19,7 +19,8 @@ Guarantees:
   (output shut down, input discarded) for up to `LINGER_SECONDS` so the alert is not destroyed by
   a TCP reset.
 - `closed` resolves once the transport is gone: CLOSED (both directions ended, or closed by this
-  side), the handshake failure's reason, or PEER_RESET (reset, broken pipe, TLS failure mid-stream).
+  side), the TLS failure's reason (of the handshake, or TLS_STREAM_ERROR for one mid-stream), or
+  PEER_RESET (reset, broken pipe).
   `abort()` sends a real TCP reset (SO_LINGER 0), so the peer sees a reset, not a clean EOF.
 Reads go into one buffer per thread (`ReadBuffers`), reused for every read: consumers copy what
 they keep before returning. Nothing here logs per chunk.
@@ -381,7 +382,7 @@ class TlsStream(Stream):
         return self._relaying and not self._held
 
     def _close_reason(self) -> Reason:
-        if self.failure is not None and self.peer is None:
+        if self.failure is not None:
             return self.failure.reason
         return super()._close_reason()
 
@@ -437,7 +438,7 @@ class TlsStream(Stream):
                     self._settle_handshake(event.failure)
                     self._linger()
                 else:
-                    self.failure = event.failure  # closed reason: PEER_RESET
+                    self.failure = event.failure  # the closed reason
                     self._close_after_failure()
 
     def _settle_handshake(self, failure: TlsFailure | None) -> None:

@@ -408,12 +408,16 @@ async def _first_credentials(
 
 
 async def _housekeeping(rt: Runtime) -> None:
-    """Fail closed when the sidecar's own certificate expires."""
+    """Fail closed when the sidecar's own certificate expires, and close a live connection when
+    its peer's certificate does (each within HOUSEKEEPING_SECONDS)."""
     while True:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         if rt.holder.current() is None and rt.table.count():
             closed = rt.table.close_all(Reason.CREDENTIALS_EXPIRED)
             log.error("own certificate expired: closed %d live connection(s)", closed)
+        closed = rt.table.close_expired_peers(datetime.now(UTC))
+        if closed:
+            log.warning("closed %d live connection(s) whose peer's certificate expired", closed)
 
 
 async def _drain(rt: Runtime, listeners: Listeners) -> None:

@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from netshield.authz import ConnDecision, authorize_inbound, authorize_outbound, may_call_decision
 from netshield.net.callers import caller_of, local_caller_problem
@@ -95,7 +96,12 @@ async def inbound_decision(
     attempt.handshake_seconds = time.monotonic() - t0
     creds = contexts.credentials
     decision = authorize_inbound(
-        creds.policy, attempt.peer, rt.revocations.check, policy_version=creds.policy_version
+        creds.policy,
+        attempt.peer,
+        rt.revocations.check,
+        policy_version=creds.policy_version,
+        now=datetime.now(UTC),
+        feed_epoch=rt.revocations.min_epoch,
     )
     return decision if decision.allowed else _denied(attempt, decision, tls)
 
@@ -125,6 +131,8 @@ async def outbound_decision(
         attempt.peer,
         rt.revocations.check,
         policy_version=creds.policy_version,
+        now=datetime.now(UTC),
+        feed_epoch=rt.revocations.min_epoch,
     )
     return decision if decision.allowed else _denied(attempt, decision, tls)
 

@@ -1,11 +1,13 @@
 """The sidecar's table of live connections: the limit, the /connections view, and closing
-connections from outside (revocation, a stale epoch, drain, expired credentials)."""
+connections from outside (revocation, a stale epoch, the peer's certificate expiring, drain,
+expired credentials)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from netshield.reasons import Reason
@@ -99,6 +101,16 @@ class ConnectionTable:
                 conn.close(reason)
                 closed += 1
         return closed
+
+    def close_expired_peers(self, now: datetime) -> int:
+        """Close every connection whose peer's certificate is no longer valid at `now`
+        (PEER_CERT_EXPIRED): a live connection never outlives the certificate it was allowed on."""
+        return self.close_where(
+            lambda c: (
+                c.peer is not None and c.peer.not_after is not None and now >= c.peer.not_after
+            ),
+            Reason.PEER_CERT_EXPIRED,
+        )
 
     def close_all(self, reason: Reason) -> int:
         return self.close_where(lambda _c: True, reason)

@@ -4,7 +4,8 @@ Responsibility: the `ssl.SSLContext` pair a sidecar uses: a server context for i
 connections and a client context for outbound ones, both presenting the sidecar's certificate.
 Guarantees: both sides require and verify the peer's certificate against the credentials' trust
 bundle only (never the system store), with strict X.509 checks; TLS 1.3 by default (1.2 only when
-asked); no session tickets at all (a TLS 1.3 server with OP_NO_TICKET alone still sends stateful
+asked, and then only ECDHE key exchange with AEAD ciphers: `TLS12_CIPHERS`, never CBC, RSA key
+transport or anything weaker); no session tickets at all (a TLS 1.3 server with OP_NO_TICKET alone still sends stateful
 tickets, so `num_tickets` is 0 too: tickets nobody resumes cost ~180 µs each). Host names are not
 checked: the caller checks the peer's SPIFFE id after the handshake. The private key reaches
 OpenSSL through `load_cert_chain_in_memory`, never a file.
@@ -18,6 +19,13 @@ from dataclasses import dataclass
 from netshield.errors import NetshieldError
 from netshield.tls.credentials import MeshCredentials
 from netshield.tls.material import load_cert_chain_in_memory
+
+TLS12_CIPHERS = ":".join(
+    f"ECDHE-{auth}-{cipher}"
+    for auth in ("ECDSA", "RSA")
+    for cipher in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
+)
+"""What a TLS 1.2 connection may negotiate (TLS 1.3's suites are all ECDHE/DHE with AEAD)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ def _common(ctx: ssl.SSLContext, creds: MeshCredentials, min_version: ssl.TLSVer
     if min_version not in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         raise ValueError("the mesh accepts TLS 1.2 or 1.3 as its minimum version")
     ctx.minimum_version = min_version
+    ctx.set_ciphers(TLS12_CIPHERS)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION

@@ -143,7 +143,7 @@ class TlsEndpoint:
         try:
             self._ssl.write(plaintext)
         except ssl.SSLError as err:
-            self.failure = translate(err, server_side=self._server_side)
+            self.failure = translate(err, server_side=self._server_side, after_handshake=True)
 
     def close_write(self) -> None:
         """Send close_notify (TLS half-close); receiving goes on until the peer closes too."""
@@ -157,7 +157,7 @@ class TlsEndpoint:
         except ssl.SSLWantReadError:
             pass  # close_notify sent; the peer's comes later through receive()
         except ssl.SSLError as err:
-            self.failure = translate(err, server_side=self._server_side)
+            self.failure = translate(err, server_side=self._server_side, after_handshake=True)
 
     def outgoing(self) -> bytes:
         """Ciphertext to write to the transport now (b"" if none)."""
@@ -181,7 +181,9 @@ class TlsEndpoint:
         return True
 
     def _fail(self, events: list[TlsEvent], err: BaseException) -> None:
-        self.failure = translate(err, server_side=self._server_side)
+        self.failure = translate(
+            err, server_side=self._server_side, after_handshake=self.handshake_done
+        )
         events.append(TlsFailed(self.failure))
 
     def _read(self, events: list[TlsEvent]) -> None:

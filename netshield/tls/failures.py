@@ -7,7 +7,10 @@ Guarantees: `translate` is pure and total: any exception maps to some failure, n
 Failures of this side's own verification of the peer's certificate map to the PEER_CERT_* codes;
 alerts received from the peer (it refused *our* certificate or parameters) and protocol garbage
 map to TLS_HANDSHAKE_FAILED with OpenSSL's reason named in the detail; timeouts map to
-HANDSHAKE_TIMEOUT.
+HANDSHAKE_TIMEOUT. After the handshake (`after_handshake=True`) a failure that is not the peer
+refusing this side's certificate or parameters (TLS 1.3 reports those on the first read) maps to
+TLS_STREAM_ERROR: a record that failed its integrity check, a malformed record, an unexpected
+message.
 """
 
 from __future__ import annotations
@@ -77,8 +80,19 @@ class TlsFailure:
     detail: str
 
 
-def translate(err: BaseException, *, server_side: bool) -> TlsFailure:
+def translate(
+    err: BaseException, *, server_side: bool, after_handshake: bool = False
+) -> TlsFailure:
     """The `TlsFailure` for an exception from a handshake or a TLS read/write."""
+    failure = _translate(err, server_side=server_side)
+    if not after_handshake or failure.reason is not Reason.TLS_HANDSHAKE_FAILED:
+        return failure
+    if isinstance(err, ssl.SSLError) and str(err.reason or "") in _ALERTS:
+        return failure  # the peer refused us: TLS 1.3 says so after the client's handshake
+    return TlsFailure(Reason.TLS_STREAM_ERROR, f"after the handshake: {failure.detail}")
+
+
+def _translate(err: BaseException, *, server_side: bool) -> TlsFailure:
     peer = "client" if server_side else "server"
     if isinstance(err, ssl.SSLCertVerificationError):
         return _verify_failure(err, peer)

@@ -1,7 +1,7 @@
 """What a finished TLS handshake tells about the peer: identity, certificate facts, TLS details.
 
 Responsibility: turn an `ssl.SSLObject` after its handshake into a `PeerInfo` value, parsing the
-peer's leaf certificate with `cryptography` (SPIFFE id, serial, expiry, attestation claims).
+peer's leaf certificate with `cryptography` (SPIFFE id, serial, validity, attestation claims).
 Guarantees: `peer_info` never raises on odd peer certificates: a certificate without a usable
 SPIFFE id or with malformed claims yields None for that field (the caller then denies), and no
 certificate at all yields a PeerInfo whose certificate fields are all None.
@@ -31,6 +31,7 @@ class PeerInfo:
     tls_version: str
     cipher: str
     resumed: bool
+    not_before: datetime | None = None
 
     @property
     def service(self) -> str | None:
@@ -87,4 +88,5 @@ def peer_info_from_der(der: bytes, *, tls_version: str, cipher: str, resumed: bo
         tls_version=tls_version,
         cipher=cipher,
         resumed=resumed,
+        not_before=cert.not_valid_before_utc,
     )
