@@ -146,6 +146,15 @@ class RenewalConfig:
 
 
 @dataclass(frozen=True)
+class MeshTlsConfig:
+    """Mesh TLS between sidecars. With `resumption` on, an outbound sidecar keeps one TLS 1.3
+    session ticket per destination identity and resumes with it (`resumed` in the record); an
+    inbound sidecar issues one ticket per handshake. Off: full handshakes, no tickets."""
+
+    resumption: bool = True
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     service: str
     cas: CasConfig
@@ -158,6 +167,7 @@ class SidecarConfig:
     records: RecordsConfig = field(default_factory=RecordsConfig)
     limits: Limits = field(default_factory=Limits)
     renewal: RenewalConfig = field(default_factory=RenewalConfig)
+    tls: MeshTlsConfig = field(default_factory=MeshTlsConfig)
 
 
 # --- specs this document needs beyond netshield.schema -------------------------------------------
@@ -395,6 +405,12 @@ SIDECAR_SPEC = Record(
                         Duration(max=timedelta(minutes=10)), default=Limits.drain_timeout
                     ),
                 }
+            )
+        ),
+        "tls": Field(
+            Record(
+                {"resumption": Field(Bool(), default=MeshTlsConfig.resumption)},
+                expected="mesh TLS settings (a mapping with resumption)",
             )
         ),
         "renewal": Field(
@@ -678,6 +694,7 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
         ),
         limits=Limits(**limits),
         renewal=RenewalConfig(fraction=renewal["fraction"], jitter=renewal["jitter"]),
+        tls=MeshTlsConfig(resumption=doc["tls"]["resumption"]),
     )
 
 
@@ -689,6 +706,7 @@ __all__ = [
     "ConfigKind",
     "InboundConfig",
     "Limits",
+    "MeshTlsConfig",
     "OutboundConfig",
     "PlatformConfig",
     "RecordsConfig",
