@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procs import BenchError, Proc, cpu_delta, json_ready, pinned, start
-from topologies import ROOT, Env, Topology, make_topology, netshield_command
+from topologies import Env, Topology, make_topology, netshield_command
 from workloads import (
     HOLD_CONNS,
     HOLD_RSS_MB,
@@ -106,7 +106,7 @@ def machine(env: Env, setups: list[Topology]) -> dict[str, str]:
             model = line.split(":", 1)[1].strip()
             break
     mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
-    openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout
+    openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=False).stdout
     info = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": f"{platform.node()}: {model}, {os.cpu_count()} cores, "
@@ -143,7 +143,7 @@ def run_once(
         [str(nsload), *workload.args(setup.entry, seconds)],
         capture_output=True,
         text=True,
-        preexec_fn=pinned(env.core_a),  # noqa: PLW1509
+        preexec_fn=pinned(env.core_a),
         timeout=seconds + 120,
         check=False,
     )

@@ -359,8 +359,12 @@ class TlsStream(Stream):
         transport = self._transport
         if transport is None or self._write_eof or transport.is_closing():
             return
-        self._endpoint.send(data)
-        self._flush()
+        endpoint = self._endpoint
+        endpoint.send(data)
+        if endpoint.failure is None and not self._tcp_eof_sent:
+            transport.write(endpoint.outgoing())  # one write per call: all its records
+        else:
+            self._flush()
 
     def _send_eof(self) -> None:
         endpoint = self._endpoint
@@ -393,7 +397,22 @@ class TlsStream(Stream):
         self._handle(self._endpoint.start())
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._handle(self._endpoint.receive(self._read_view[:nbytes]))
+        endpoint = self._endpoint
+        if not endpoint.established:  # handshake, or after close_notify/failure
+            self._handle(endpoint.receive(self._read_view[:nbytes]))
+            return
+        data = endpoint.decrypt(self._read_view[:nbytes])
+        if data:
+            self.bytes_read += len(data)
+            other = self._other
+            if other is not None and self._relaying:
+                other.write(data)
+            else:
+                self._early.append(data)
+        if not endpoint.established:
+            self._handle(endpoint.take_events())
+        elif endpoint.has_outgoing:
+            self._flush()
 
     def eof_received(self) -> bool:
         if self._lingering:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 from netshield.tls.failures import TlsFailure, translate
 from netshield.tls.peer import PeerInfo, peer_info
@@ -89,7 +88,13 @@ class TlsEndpoint:
             server_side=server_side,
             server_hostname=None if server_side else server_hostname,
         )
+        # The C-level object behind SSLObject: its read/write are what SSLObject's Python
+        # wrappers call, minus one Python frame per call on the data path.
+        self._sslobj: ssl.SSLObject = getattr(self._ssl, "_sslobj", self._ssl)
         self._server_side = server_side
+        self._events: list[TlsEvent] = []
+        self.established = False
+        """Handshake done, no failure, peer still sending: `decrypt` and `encrypt` apply."""
         self._scratch = scratch if scratch is not None else memoryview(bytearray(READ_SIZE))
         self._started = False
         self.handshake_done = False
@@ -123,6 +128,7 @@ class TlsEndpoint:
             # EOF after the handshake: a half-close. Not fed to OpenSSL, which would mark the
             # connection failed (unexpected EOF) and refuse our remaining writes.
             self.read_closed = True
+            self.established = False
             events.append(PeerClosedWrite())
             return events
         else:
@@ -141,9 +147,27 @@ class TlsEndpoint:
         if self.failure is not None or not plaintext:
             return  # the failure was reported as an event; the connection is going away
         try:
-            self._ssl.write(plaintext)
+            self._sslobj.write(plaintext)
         except ssl.SSLError as err:
             self.failure = translate(err, server_side=self._server_side, after_handshake=True)
+            self.established = False
+
+    def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The data path of `receive` once `established`: feed ciphertext, get the plaintext of
+        the records it completed (b"" if none). What else happened (close_notify, a failure)
+        waits in `take_events()`, after that plaintext."""
+        self._incoming.write(data)
+        return self._decrypt_pending()
+
+    def take_events(self) -> list[TlsEvent]:
+        """Events `decrypt` queued (PeerClosedWrite, TlsFailed), oldest first; [] if none."""
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def has_outgoing(self) -> bool:
+        """Whether `outgoing()` has bytes (e.g. a KeyUpdate answer after `decrypt`)."""
+        return bool(self._outgoing.pending)
 
     def close_write(self) -> None:
         """Send close_notify (TLS half-close); receiving goes on until the peer closes too."""
@@ -176,44 +200,68 @@ class TlsEndpoint:
             self._fail(events, err)
             return False
         self.handshake_done = True
+        self.established = True
         self.peer = peer_info(self._ssl)
         events.append(HandshakeComplete(self.peer))
         return True
 
     def _fail(self, events: list[TlsEvent], err: BaseException) -> None:
+        self.established = False
         self.failure = translate(
             err, server_side=self._server_side, after_handshake=self.handshake_done
         )
         events.append(TlsFailed(self.failure))
 
     def _read(self, events: list[TlsEvent]) -> None:
+        chunks: list[bytes] = []
+        data = self._decrypt_pending(chunks)
+        events.extend(Plaintext(chunk) for chunk in chunks)
+        if data:
+            events.append(Plaintext(data))
+        if self._events:
+            events.extend(self._events)
+            self._events.clear()
+
+    def _decrypt_pending(self, full: list[bytes] | None = None) -> bytes:
+        """Decrypt every complete record in the incoming BIO: returns the plaintext; when it
+        exceeds the scratch buffer, the full buffers go to `full` first (joined into the result
+        if `full` is None).
+
+        The loop ends when the BIO is empty (no exception on the common path); only a partial
+        record left in the BIO costs OpenSSL's "want read". Close_notify and failures are
+        queued in `_events` after the plaintext that preceded them.
+        """
         scratch = self._scratch
         size = len(scratch)
+        incoming = self._incoming
+        read: _ReadInto = self._sslobj.read  # type: ignore[assignment]
+        chunks = full if full is not None else []
         filled = 0
-        read = cast(_ReadInto, self._ssl.read)
         try:
             while True:
-                if filled == size:
-                    events.append(Plaintext(bytes(scratch)))
-                    filled = 0
-                n = read(size - filled, scratch[filled:])
+                n = read(size - filled, scratch[filled:] if filled else scratch)
                 if n == 0:
                     # close_notify. CPython returns 0 while only the peer has closed, and
                     # raises SSLZeroReturnError once we have sent ours too.
                     raise ssl.SSLZeroReturnError
                 filled += n
+                if filled == size:
+                    chunks.append(bytes(scratch))
+                    filled = 0
+                elif not incoming.pending and not self._sslobj.pending():
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
             self.read_closed = True
-            if filled:
-                events.append(Plaintext(bytes(scratch[:filled])))
-                filled = 0
-            events.append(PeerClosedWrite())
+            self._events.append(PeerClosedWrite())
         except ssl.SSLError as err:
-            if filled:
-                events.append(Plaintext(bytes(scratch[:filled])))
-                filled = 0
-            self._fail(events, err)
-        if filled:
-            events.append(Plaintext(bytes(scratch[:filled])))
+            self.failure = translate(err, server_side=self._server_side, after_handshake=True)
+            self._events.append(TlsFailed(self.failure))
+        data = bytes(scratch[:filled]) if filled else b""
+        if chunks and full is None:
+            chunks.append(data)
+            data = b"".join(chunks)
+        if self._events or self.failure is not None:
+            self.established = False
+        return data
