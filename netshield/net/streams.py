@@ -409,7 +409,7 @@ class TlsStream(Stream):
                 other.write(data)
             else:
                 self._early.append(data)
-        if not endpoint.established:
+        if endpoint.has_events:
             self._handle(endpoint.take_events())
         elif endpoint.has_outgoing:
             self._flush()

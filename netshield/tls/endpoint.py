@@ -165,6 +165,11 @@ class TlsEndpoint:
         return events
 
     @property
+    def has_events(self) -> bool:
+        """Whether `decrypt` queued events (then `established` is False)."""
+        return bool(self._events)
+
+    @property
     def has_outgoing(self) -> bool:
         """Whether `outgoing()` has bytes (e.g. a KeyUpdate answer after `decrypt`)."""
         return bool(self._outgoing.pending)
