@@ -78,6 +78,7 @@ class Agent:
         clock: Clock = utc_now,
         rand: Rand | None = None,
         min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+        resumption: bool = False,
         fraction: float = DEFAULT_FRACTION,
         jitter: float = DEFAULT_JITTER,
         backoff_base: timedelta = DEFAULT_BACKOFF_BASE,
@@ -105,6 +106,7 @@ class Agent:
         self._clock = clock
         self._rand: Rand = rand if rand is not None else random.SystemRandom().random
         self._min_version = min_version
+        self._resumption = resumption
         self._fraction, self._jitter = fraction, jitter
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._min_renew_delay = min_renew_delay
@@ -206,7 +208,9 @@ class Agent:
             raise NetshieldError(
                 f"the CAS issued a certificate for {creds.spiffe_id}, expected {self._spiffe_id}"
             )
-        return build_contexts(creds, min_version=self._min_version)
+        return build_contexts(
+            creds, min_version=self._min_version, resumption=self._resumption
+        )
 
     def _record_success(self, creds: MeshCredentials, reason: str) -> datetime:
         """Count and log a successful attestation; returns when to renew."""

@@ -35,6 +35,7 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from typing import cast
 
 from netshield.reasons import Reason
@@ -48,7 +49,7 @@ from netshield.tls.endpoint import (
     TlsFailed,
 )
 from netshield.tls.failures import TlsFailure, TlsHandshakeError
-from netshield.tls.peer import PeerInfo
+from netshield.tls.peer import PeerCache, PeerInfo
 
 __all__ = [
     "HIGH_WATER",
@@ -307,14 +308,24 @@ class TlsStream(Stream):
         server_side: bool,
         server_hostname: str | None = None,
         buffers: ReadBuffers | None = None,
+        session: ssl.SSLSession | None = None,
+        peers: PeerCache | None = None,
+        watch_tickets: bool = False,
     ) -> None:
+        """A client offers `session` to resume; with `watch_tickets` it notices the ticket the
+        server sends after the handshake: `new_session`, and `on_ticket` (settable any time)
+        is called with it once it is there."""
         super().__init__(buffers=buffers)
         self._endpoint = TlsEndpoint(
             ctx,
             server_side=server_side,
             server_hostname=server_hostname,
             scratch=self._buffers.plaintext,
+            session=session,
+            peers=peers,
+            watch_tickets=watch_tickets,
         )
+        self.on_ticket: Callable[[ssl.SSLSession], None] | None = None
         self.peer: PeerInfo | None = None
         self._handshake_settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lingering = False
@@ -413,6 +424,22 @@ class TlsStream(Stream):
             self._handle(endpoint.take_events())
         elif endpoint.has_outgoing:
             self._flush()
+        if self._ticket_pending():
+            self._deliver_ticket()
+
+    @property
+    def new_session(self) -> ssl.SSLSession | None:
+        """The session of the ticket the server sent (client side), once it arrived."""
+        return self._endpoint.new_session
+
+    def _ticket_pending(self) -> bool:
+        return self.on_ticket is not None and self._endpoint.new_session is not None
+
+    def _deliver_ticket(self) -> None:
+        session, callback = self._endpoint.new_session, self.on_ticket
+        self.on_ticket = None
+        if session is not None and callback is not None:
+            callback(session)
 
     def eof_received(self) -> bool:
         if self._lingering:

@@ -339,6 +339,7 @@ async def run_sidecar(
             holder,
             revocations,
             min_version=min_version,
+            resumption=config.tls.resumption,
             fraction=config.renewal.fraction,
             jitter=config.renewal.jitter,
         )
@@ -391,6 +392,16 @@ def _recheck(rt: Runtime) -> None:
     closed = rt.table.recheck(rt.revocations.check)
     if closed:
         log.warning("closed %d live connection(s) of revoked or stale peers", closed)
+    contexts = rt.holder.current()
+    if contexts is None:
+        return
+    creds = contexts.credentials
+    if rt.revocations.revoked(
+        serial=creds.serial, service=creds.spiffe_id.service, platform_id=None
+    ):
+        contexts.tickets.clear()  # this sidecar itself is revoked: resume nothing
+    else:
+        contexts.tickets.purge(lambda peer: rt.revocations.check(peer) is not None)
 
 
 async def _first_credentials(

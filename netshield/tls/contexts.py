@@ -5,8 +5,10 @@ connections and a client context for outbound ones, both presenting the sidecar'
 Guarantees: both sides require and verify the peer's certificate against the credentials' trust
 bundle only (never the system store), with strict X.509 checks; TLS 1.3 by default (1.2 only when
 asked, and then only ECDHE key exchange with AEAD ciphers: `TLS12_CIPHERS`, never CBC, RSA key
-transport or anything weaker); no session tickets at all (a TLS 1.3 server with OP_NO_TICKET alone still sends stateful
-tickets, so `num_tickets` is 0 too: tickets nobody resumes cost ~180 µs each). Host names are not
+transport or anything weaker). Session tickets only with `resumption`: then the server issues one
+stateless TLS 1.3 ticket per handshake (the client keeps one per peer in `TlsContexts.tickets`);
+without it none at all (a TLS 1.3 server with OP_NO_TICKET alone still sends stateful tickets, so
+`num_tickets` is 0 too: tickets nobody resumes cost ~180 µs each). Host names are not
 checked: the caller checks the peer's SPIFFE id after the handshake. The private key reaches
 OpenSSL through `load_cert_chain_in_memory`, never a file.
 """
@@ -14,11 +16,13 @@ OpenSSL through `load_cert_chain_in_memory`, never a file.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netshield.errors import NetshieldError
 from netshield.tls.credentials import MeshCredentials
 from netshield.tls.material import load_cert_chain_in_memory
+from netshield.tls.peer import PeerCache
+from netshield.tls.tickets import TicketStore
 
 TLS12_CIPHERS = ":".join(
     f"ECDHE-{auth}-{cipher}"
@@ -35,15 +39,29 @@ class TlsContexts:
     server: ssl.SSLContext
     client: ssl.SSLContext
     credentials: MeshCredentials
+    resumption: bool = False
+    tickets: TicketStore = field(default_factory=TicketStore, compare=False)
+    """Session tickets the client side received under these credentials (empty on a swap)."""
+    peers: PeerCache = field(default_factory=PeerCache, compare=False)
+    """Peer certificates parsed under these credentials."""
 
 
 def server_context(
-    creds: MeshCredentials, *, min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    creds: MeshCredentials,
+    *,
+    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+    resumption: bool = False,
 ) -> ssl.SSLContext:
-    """An inbound context: requires a client certificate from the trust domain."""
+    """An inbound context: requires a client certificate from the trust domain. With
+    `resumption`, one stateless ticket per handshake, encrypted under keys of this context
+    only (a credential swap builds a new context: older tickets no longer resume)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.num_tickets = 0
     _common(ctx, creds, min_version)
+    if resumption:
+        ctx.options &= ~ssl.OP_NO_TICKET  # stateless tickets: no server-side session cache
+        ctx.num_tickets = 1
+    else:
+        ctx.num_tickets = 0
     return ctx
 
 
@@ -58,13 +76,17 @@ def client_context(
 
 
 def build_contexts(
-    creds: MeshCredentials, *, min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    creds: MeshCredentials,
+    *,
+    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+    resumption: bool = False,
 ) -> TlsContexts:
     """Both contexts for `creds`; `NetshieldError` if the material cannot be loaded."""
     return TlsContexts(
-        server=server_context(creds, min_version=min_version),
+        server=server_context(creds, min_version=min_version, resumption=resumption),
         client=client_context(creds, min_version=min_version),
         credentials=creds,
+        resumption=resumption,
     )
 
 

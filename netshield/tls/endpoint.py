@@ -14,6 +14,8 @@ Guarantees:
   side can still send. Nothing is accepted after a close or a failure; `TlsFailed` comes once.
 - Plaintext is read into one reused buffer (no per-read large allocations); each `Plaintext`
   carries exactly the bytes read, coalesced over the records of one `receive` call.
+A client can offer a session to resume and learns of the ticket for its next connection through
+`new_session` (TLS 1.3 sends tickets after the handshake, so it appears on a later read).
 `TlsStateError` is raised only for local misuse (sending before the handshake or after
 `close_write`).
 """
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from netshield.tls.failures import TlsFailure, translate
-from netshield.tls.peer import PeerInfo, peer_info
+from netshield.tls.peer import PeerCache, PeerInfo, peer_info
 
 _ReadInto = Callable[[int, memoryview], int]
 """SSLObject.read with a buffer: returns the byte count (typeshed says bytes)."""
@@ -77,9 +79,15 @@ class TlsEndpoint:
         server_side: bool,
         server_hostname: str | None = None,
         scratch: memoryview | None = None,
+        session: ssl.SSLSession | None = None,
+        peers: PeerCache | None = None,
+        watch_tickets: bool = False,
     ) -> None:
         """`scratch` is a writable byte buffer for decrypted records; it may be shared by all
-        endpoints of one thread, since its content never outlives a `receive` call."""
+        endpoints of one thread, since its content never outlives a `receive` call.
+        A client offers `session` for resumption; with `watch_tickets` it notices the ticket
+        the server sends after the handshake (`new_session`). `peers` caches parsed peer
+        certificates."""
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = ctx.wrap_bio(
@@ -87,7 +95,13 @@ class TlsEndpoint:
             self._outgoing,
             server_side=server_side,
             server_hostname=None if server_side else server_hostname,
+            session=None if server_side else session,
         )
+        self._peers = peers
+        self._offered_id = session.id if session is not None else None
+        self._watch_tickets = watch_tickets and not server_side
+        self.new_session: ssl.SSLSession | None = None
+        """The session of the first ticket the server sent after the handshake (client side)."""
         # The C-level object behind SSLObject: its read/write are what SSLObject's Python
         # wrappers call, minus one Python frame per call on the data path.
         self._sslobj: ssl.SSLObject = getattr(self._ssl, "_sslobj", self._ssl)
@@ -206,7 +220,7 @@ class TlsEndpoint:
             return False
         self.handshake_done = True
         self.established = True
-        self.peer = peer_info(self._ssl)
+        self.peer = peer_info(self._ssl) if self._peers is None else self._peers.peer_info(self._ssl)
         events.append(HandshakeComplete(self.peer))
         return True
 
@@ -269,4 +283,12 @@ class TlsEndpoint:
             data = b"".join(chunks)
         if self._events or self.failure is not None:
             self.established = False
+        if self._watch_tickets:
+            self._look_for_ticket()
         return data
+
+    def _look_for_ticket(self) -> None:
+        session = self._ssl.session
+        if session is not None and session.has_ticket and session.id != self._offered_id:
+            self.new_session = session
+            self._watch_tickets = False

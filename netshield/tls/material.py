@@ -59,6 +59,7 @@ def cas_server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0  # its clients (sidecar agents, operators) never resume
     load_cert_chain_in_memory(ctx, chain_pem, key)
     _load_trust(ctx, client_ca_pem, "client CA bundle")
     ctx.verify_mode = ssl.CERT_OPTIONAL

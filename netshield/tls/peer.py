@@ -2,6 +2,8 @@
 
 Responsibility: turn an `ssl.SSLObject` after its handshake into a `PeerInfo` value, parsing the
 peer's leaf certificate with `cryptography` (SPIFFE id, serial, validity, attestation claims).
+`PeerCache` remembers what was parsed per certificate (by its DER bytes), so a peer's every
+connection after the first costs a dictionary lookup, not a certificate parse.
 Guarantees: `peer_info` never raises on odd peer certificates: a certificate without a usable
 SPIFFE id or with malformed claims yields None for that field (the caller then denies), and no
 certificate at all yields a PeerInfo whose certificate fields are all None.
@@ -90,3 +92,52 @@ def peer_info_from_der(der: bytes, *, tls_version: str, cipher: str, resumed: bo
         resumed=resumed,
         not_before=cert.not_valid_before_utc,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _CertFacts:
+    spiffe_id: SpiffeId | None
+    serial: int | None
+    not_after: datetime | None
+    claims: AttestationClaims | None
+    not_before: datetime | None
+
+
+class PeerCache:
+    """Parsed peer certificates by DER, bounded (oldest dropped first); one per credential set."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._facts: dict[bytes, _CertFacts] = {}
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def peer_info(self, sslobj: ssl.SSLObject | ssl.SSLSocket) -> PeerInfo:
+        """Like `peer_info`, parsing each distinct certificate once."""
+        der = sslobj.getpeercert(binary_form=True)
+        cipher = sslobj.cipher()
+        tls_version = sslobj.version() or ""
+        resumed = bool(sslobj.session_reused)
+        name = cipher[0] if cipher else ""
+        if not der:
+            return PeerInfo(None, None, None, None, tls_version, name, resumed)
+        facts = self._facts.get(der)
+        if facts is None:
+            info = peer_info_from_der(der, tls_version=tls_version, cipher=name, resumed=resumed)
+            if len(self._facts) >= self._limit:
+                del self._facts[next(iter(self._facts))]
+            self._facts[der] = _CertFacts(
+                info.spiffe_id, info.serial, info.not_after, info.claims, info.not_before
+            )
+            return info
+        return PeerInfo(
+            facts.spiffe_id,
+            facts.serial,
+            facts.not_after,
+            facts.claims,
+            tls_version,
+            name,
+            resumed,
+            facts.not_before,
+        )
