@@ -46,19 +46,21 @@ def pair(mesh: Mesh, echo: EchoServer, *, resumption: bool) -> tuple[Proc, Proc]
 
 
 def calls(mesh: Mesh, frontend: Proc, count: int, tag: str) -> list[dict[str, Any]]:
-    """`count` calls in a row, each after the last one's inbound record; those records."""
+    """`count` calls in a row, each after both sidecars recorded the last; the inbound records."""
 
-    def allowed() -> list[dict[str, Any]]:
-        return [r for r in mesh.records("orders") if r["decision"] == "allow"]
+    def allowed(service: str) -> list[dict[str, Any]]:
+        return [r for r in mesh.records(service) if r["decision"] == "allow"]
 
-    base = len(allowed())
+    base, base_out = len(allowed("orders")), len(allowed("frontend"))
     for i in range(count):
         payload = f"{tag}-{i}".encode()
         assert roundtrip(frontend.addr("outbound:orders"), payload) == payload
         deadline = time.monotonic() + 10  # hang guard
-        while len(allowed()) < base + i + 1 and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            len(allowed("orders")) < base + i + 1 or len(allowed("frontend")) < base_out + i + 1
+        ):
             time.sleep(0.02)
-    return allowed()[base:]
+    return allowed("orders")[base:]
 
 
 def test_the_second_connection_resumes_and_both_records_say_so(
