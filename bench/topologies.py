@@ -335,7 +335,7 @@ class Mesh:
                 "url": str(self.cas.ready["url"]),
                 "ca": str(self.root / "td" / "cas" / "mesh-ca.pem"),
             },
-            "platform": str(self.root / "platforms" / "p1"),
+            "platform": {"in_process": str(self.root / "platforms" / "p1")},
             "workload": {"path": str(self.root / "workloads" / service), "cmd": ENTRY},
             "admin": {"listen": "127.0.0.1:0"},
             "records": {"file": str(self.root / f"{name}.records.jsonl")},
