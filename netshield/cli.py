@@ -171,6 +171,7 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
         state_dir=Path(args.state),
         listen=listen,
         counter_file=Path(args.counter) if args.counter else None,
+        keys_dir=Path(args.keys) if args.keys else None,
         adopt_counter=args.adopt_counter,
         server_names=tuple(args.san or ()),
         collateral_dir=Path(args.collateral) if args.collateral else None,
@@ -358,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", required=True, help="state directory (DIR/cas from `netshield init DIR`)"
     )
     q.add_argument("--listen", default="127.0.0.1:8443")
+    q.add_argument(
+        "--keys",
+        help="read-only directory with mesh-ca.pem, mesh-ca.key and vendor-roots/, kept apart "
+        "from the state (default: the state directory)",
+    )
     q.add_argument(
         "--counter",
         help="monotonic counter file, outside the state directory "

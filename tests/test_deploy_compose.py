@@ -67,12 +67,13 @@ def mesh(lab: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
         logs = compose("logs", "--no-color", timeout=60).stdout
         assert waited.returncode == 0, logs[-6000:]
         out = tmp_path_factory.mktemp("compose")
-        copied = run(["docker", "cp", f"{story}:/shared/records", str(out)], timeout=60)
+        copied = run(["docker", "cp", f"{story}:/records", str(out)], timeout=60)
         assert copied.returncode == 0, copied.stderr
-        audit = compose(
-            "exec", "-T", "-u", "10002", "cas", "netshield", "cas", "audit",
-            "--cas", "https://127.0.0.1:8443", "--admin", "/shared/td/admin", "--json",
-            timeout=60,
+        probes = {name: probe(compose, name) for name in PROBED}
+        audit = compose(  # the operator's credential is on the story's volume alone
+            "run", "--rm", "--no-deps", "-T", "--entrypoint", "netshield", "story", "cas",
+            "audit", "--cas", "https://cas:8443", "--admin", "/operator", "--json",
+            timeout=120,
         )  # fmt: skip
         assert audit.returncode == 0, audit.stderr
         health = run(
@@ -86,9 +87,28 @@ def mesh(lab: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
             "records": out / "records",
             "audit": [json.loads(line) for line in audit.stdout.splitlines() if line.strip()],
             "health": health.stdout.strip(),
+            "probes": probes,
         }
     finally:
         compose("down", "-v", "-t", "2", "--remove-orphans", timeout=300)
+
+
+SERVICES = ("orders", "frontend", "intruder")
+SIDECARS = tuple(f"{s}-sidecar" for s in SERVICES)
+PROBED = (*SIDECARS, *SERVICES, "legacy")
+PROBE = COMPOSE_DIR / "probe.py"
+
+
+def probe(compose: Compose, service: str) -> dict[str, Any]:
+    """deploy/compose/probe.py run inside a running container of `service`, as its own user."""
+    with PROBE.open() as script:
+        proc = run(
+            ["docker", "exec", "-i", compose.container(service), "python3", "-", *SERVICES],
+            timeout=120,
+            stdin=script,
+        )
+    assert proc.returncode == 0, f"{service}: {proc.stderr[-2000:]}"
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def records(mesh: dict[str, Any], service: str) -> list[dict[str, Any]]:
@@ -101,7 +121,7 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
 ) -> None:
     assert mesh["exit"] == 0, mesh["story"]
     steps = [line for line in mesh["story"].splitlines() if "| [" in line]
-    assert len(steps) == 9 and all("| [ok]" in line for line in steps), mesh["story"]
+    assert len(steps) == 10 and all("| [ok]" in line for line in steps), mesh["story"]
     for code in (
         "PEER_NOT_AUTHORIZED",
         "TLS_HANDSHAKE_FAILED",
@@ -112,7 +132,7 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
         "WAF_BLOCKED",
     ):
         assert code in mesh["story"], code
-    assert "netshield logs /shared/records/orders.jsonl" in mesh["story"]
+    assert "netshield logs /records/orders.jsonl" in mesh["story"]
     assert "Traceback" not in mesh["logs"]
 
 
@@ -162,3 +182,25 @@ def test_the_tampered_workload_and_the_old_platform_are_refused_at_attestation(
     attacker = [line for line in mesh["logs"].splitlines() if line.startswith("attacker")]
     assert any("MEASUREMENT_NOT_ALLOWED" in line for line in attacker), attacker
     assert any("TCB_OUT_OF_DATE" in line for line in attacker), attacker
+
+
+def test_no_sidecar_or_service_container_can_read_a_private_key_or_mint_an_identity(
+    mesh: dict[str, Any],
+) -> None:
+    for name, found in mesh["probes"].items():
+        # every private key of the mesh is on its own volume, in the one container that uses it
+        assert found["keys"] == [], (name, found)
+        # a certificate minted here (no mesh CA key: a self-made CA) is refused by orders
+        assert found["minted"].startswith("refused"), (name, found)
+    attacker = [line for line in mesh["story"].splitlines() if "looks for the mesh CA" in line]
+    assert attacker and "| [ok]" in attacker[0], mesh["story"]  # the attacker's container too
+
+
+def test_sidecars_get_quotes_of_their_own_workload_only(mesh: dict[str, Any]) -> None:
+    for service in SERVICES:
+        found = mesh["probes"][f"{service}-sidecar"]["attest"]
+        assert found[service] == "OK", found  # the legitimate call keeps working
+        for other in set(SERVICES) - {service}:  # the platform measured this container's code
+            assert found[other] == "MEASUREMENT_NOT_ALLOWED", (service, other, found)
+    for service in (*SERVICES, "legacy"):  # app containers do not even reach the platform
+        assert set(mesh["probes"][service]["attest"].values()) == {"no platform socket"}

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from netshield.policy import parse_policy
+from netshield.quoting.config import parse_quoting_config
 from netshield.sidecar.config import parse_sidecar_config
 from tests.support import netshield_cmd
 
@@ -28,10 +29,12 @@ K8S = DEPLOY / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the oldest Kubernetes the manifests are meant for
 # objects an operator makes before applying (see the README's "Kubernetes" section)
 OPERATOR_MADE = {
-    ("Secret", "netshield-cas-material"),
+    ("Secret", "netshield-cas-keys"),
     ("Secret", "netshield-platform"),
     ("ConfigMap", "netshield-mesh-ca"),
 }
+KEY_SECRETS = {"netshield-cas-keys": "netshield-cas", "netshield-platform": "netshield-platform"}
+"""Each Secret holding a private key, and the one workload allowed to mount it."""
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
@@ -54,6 +57,8 @@ def test_every_kubernetes_manifest_validates_against_the_pinned_version() -> Non
         ("ConfigMap", "netshield-policy"),
         ("ConfigMap", "orders-sidecar"),
         ("Deployment", "orders"),
+        ("DaemonSet", "netshield-platform"),
+        ("PersistentVolumeClaim", "netshield-cas-counter"),
     } <= kinds
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -78,7 +83,9 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [
-        (d["metadata"]["name"], d["spec"]["template"]) for d in docs if d["kind"] == "Deployment"
+        (d["metadata"]["name"], d["spec"]["template"])
+        for d in docs
+        if d["kind"] in ("Deployment", "DaemonSet")
     ]
 
 
@@ -161,6 +168,92 @@ def test_the_kubernetes_capture_init_container_installs_valid_rules_for_the_side
     app = next(c for c in spec["containers"] if c["name"] == "orders")
     assert str(app["securityContext"]["runAsUser"]) != uid  # the app's traffic is captured
     assert sidecar["readinessProbe"]["exec"]["command"][:2] == ["netshield", "wait"]
+
+
+def custody_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Private keys mounted anywhere but their one workload, or writable; state and counter on
+    one volume; sidecars that could reach a platform key."""
+    problems = []
+    for name, template in pod_specs(docs):
+        spec = template["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for vol in volumes.values():
+            secret = vol.get("secret", {}).get("secretName")
+            if secret in KEY_SECRETS and KEY_SECRETS[secret] != name:
+                problems.append(f"{name}: mounts key Secret {secret}")
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            for mount in container.get("volumeMounts", []):
+                secret = volumes[mount["name"]].get("secret", {}).get("secretName")
+                if secret in KEY_SECRETS and not mount.get("readOnly"):
+                    problems.append(f"{name}/{container['name']}: {secret} is writable")
+    cas = dict(pod_specs(docs))["netshield-cas"]["spec"]
+    (container,) = cas["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in cas["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+
+    def volume_of(path: str) -> str | None:
+        best = max(
+            (m for m in mounts if path.startswith(m + "/") or path == m), key=len, default=None
+        )
+        return None if best is None else claims.get(mounts[best], mounts[best])
+
+    state, counter = volume_of(env["NETSHIELD_STATE"]), volume_of(env["NETSHIELD_COUNTER"])
+    if state == counter:
+        problems.append(f"netshield-cas: state and counter share the volume {state}")
+    return problems
+
+
+def test_kubernetes_keys_are_mounted_read_only_into_their_one_workload() -> None:
+    docs = k8s_docs()
+    assert custody_problems(docs) == []
+    broken = copy.deepcopy(docs)
+    for doc in broken:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "orders":
+            spec = doc["spec"]["template"]["spec"]
+            spec["volumes"].append({"name": "p", "secret": {"secretName": "netshield-platform"}})
+            spec["containers"][0]["volumeMounts"].append(
+                {"name": "p", "mountPath": "/p", "readOnly": True}
+            )
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "netshield-cas":
+            env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
+            for e in env:
+                if e["name"] == "NETSHIELD_COUNTER":
+                    e["value"] = "/var/lib/netshield/state/cas.counter"
+    assert custody_problems(broken) == [
+        "orders: mounts key Secret netshield-platform",
+        "netshield-cas: state and counter share the volume netshield-cas-state",
+    ]
+
+
+def test_the_kubernetes_platform_daemonset_measures_sidecars_through_the_nodes_socket() -> None:
+    docs = k8s_docs()
+    pods = dict(pod_specs(docs))
+    platform = pods["netshield-platform"]["spec"]
+    assert platform["hostPID"] is True
+    (container,) = platform["containers"]
+    assert {"SYS_PTRACE"} <= set(container["securityContext"]["capabilities"]["add"])
+    socket_dir = next(v for v in platform["volumes"] if v["name"] == "socket")["hostPath"]["path"]
+    config_doc = configmap("netshield-platform-config")["platform.yaml"]
+    config = parse_quoting_config(config_doc, source="netshield-platform-config")
+    assert str(config.socket.parent) == socket_dir
+    orders = pods["orders"]["spec"]
+    sidecar = next(c for c in orders["containers"] if c["name"] == "netshield-sidecar")
+    sidecar_volumes = {v["name"]: v for v in orders["volumes"]}
+    mounted = {
+        sidecar_volumes[m["name"]].get("hostPath", {}).get("path"): m
+        for m in sidecar["volumeMounts"]
+    }
+    assert mounted[socket_dir].get("readOnly") is True
+    assert not any("secret" in sidecar_volumes[m["name"]] for m in sidecar["volumeMounts"])
+    sidecar_config = parse_sidecar_config(
+        configmap("orders-sidecar")["sidecar.yaml"], source="orders-sidecar", base_dir=Path("/")
+    )
+    assert sidecar_config.platform.socket == config.socket and sidecar_config.workload is None
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The compose demo's story: the same steps as `netshield demo`, played across containers.
 
     python3 story.py narrate   # in frontend's network namespace: calls, revokes, narrates
-    python3 story.py attack    # on the network, no sidecar: plaintext, a self-made certificate,
-                               # a tampered workload, a platform with old firmware
+    python3 story.py attack    # on the network, no sidecar: looks for keys, plaintext, a
+                               # self-made certificate, a tampered workload measured by the
+                               # host's platform, a platform with old firmware
 
 The narrator reads every outcome from where an operator would: the sidecars' connection records
 (in the shared volume) and the CAS audit log (with the operator credential). It prints one line
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -44,8 +45,9 @@ from netshield.pki.certext import AttestationClaims
 from netshield.pki.keys import generate_key, private_key_pem
 from netshield.trustdomain import load_admin
 
-SHARED = Path(os.environ.get("NETSHIELD_SHARED", "/shared"))
-RECORDS = SHARED / "records"
+RECORDS = Path("/records")  # the `records` volume
+OPERATOR = Path("/operator")  # the admin credential: only the operator's container mounts it
+MESH_CA = Path("/public/mesh-ca.pem")
 CAS_URL = os.environ.get("NETSHIELD_CAS", "https://cas:8443")
 TRUST_DOMAIN = os.environ.get("NETSHIELD_TRUST_DOMAIN", "compose.netshield.local")
 ORDERS = os.environ.get("ORDERS_ADDR", "127.0.0.1:15101")  # frontend's way to orders
@@ -53,7 +55,8 @@ ORDERS_SIDECAR = os.environ.get("ORDERS_SIDECAR", "orders:15001")  # what the at
 LEGACY = os.environ.get("LEGACY_ADDR", "legacy:8080")  # the native service, dialled as always
 ADMIN = "127.0.0.1:15000"  # frontend's sidecar admin listener (same network namespace)
 WAIT = 90.0  # other containers' steps may still be starting
-ATTACKER_DONE = SHARED / "attacker" / "done"
+ATTACKER = Path("/attacker")
+ATTACKER_DONE = ATTACKER / "done"
 
 
 def say(text: str) -> None:
@@ -76,7 +79,7 @@ def has_reason(reason: str, rec: dict[str, Any]) -> bool:
 async def audit_deny(reason: str, timeout: float = WAIT) -> dict[str, Any] | None:
     """The first attest.deny entry with `reason` in the CAS audit log (polled)."""
     deadline = time.monotonic() + timeout
-    admin = load_admin(SHARED / "td" / "admin")
+    admin = load_admin(OPERATOR)
     while time.monotonic() < deadline:
         async with admin_client(CAS_URL, admin) as cas:
             entries = (await cas.audit(since=0, limit=1000))["entries"]
@@ -91,7 +94,7 @@ async def audit_deny(reason: str, timeout: float = WAIT) -> dict[str, Any] | Non
 async def narrate() -> int:
     n = Narrator(sys.stdout, color=False)
     say("netshield compose demo: services talk only through attested mutual TLS sidecars")
-    say(f"connection records: {RECORDS}/<service>.jsonl (volume `shared`)")
+    say(f"connection records: {RECORDS}/<service>.jsonl (volume `records`)")
     ready = subprocess.run(
         ["netshield", "wait", "--admin", ADMIN, "--timeout", "120", "--quiet"], check=False
     )
@@ -138,8 +141,23 @@ async def narrate() -> int:
             record_words(rec, "orders"),
             rec is not None and rec.get("decision") == "deny",
         )
+    await wait_for_file(ATTACKER_DONE)
+    try:
+        results = json.loads((ATTACKER / "results.json").read_text())
+    except (OSError, ValueError):
+        results = {}
+    keys = results.get("keys")
+    n.step(
+        "the attacker looks for the mesh CA, platform, vendor and admin keys in its container",
+        "none readable (each key is on its own volume, in one container)",
+        f"readable private keys: {keys}" if keys is not None else "no result from the attacker",
+        keys == [],
+    )
     for reason, title in (
-        ("MEASUREMENT_NOT_ALLOWED", "the attacker starts a tampered build of orders"),
+        (
+            "MEASUREMENT_NOT_ALLOWED",
+            "the attacker runs a tampered build of orders; the host's platform measures it",
+        ),
         ("TCB_OUT_OF_DATE", "orders starts on platform p-old-firmware (TCB 3 < 5)"),
     ):
         entry = await audit_deny(reason)
@@ -152,8 +170,7 @@ async def narrate() -> int:
         n.step(title, f"refused {reason} at attestation", observed, entry is not None)
     await revocation_step(n, orders_log)
     await waf_step(n, RECORDS / "frontend.jsonl")
-    await wait_for_file(ATTACKER_DONE)  # the attacker's sidecars stopped attesting
-    verdict, ok = await verify_audit(CAS_URL, SHARED / "td" / "admin")
+    verdict, ok = await verify_audit(CAS_URL, OPERATOR)
     n.step("operator verifies the CAS audit log", "an intact hash chain", verdict, ok)
     say(f"\nevery connection left one JSON record in {RECORDS}/; read them with:")
     say(f"  docker-compose exec orders-sidecar netshield logs {orders_log}")
@@ -203,7 +220,7 @@ async def revocation_step(n: Narrator, orders_log: Path) -> None:
         await writer.drain()
         await asyncio.wait_for(reader.readuntil(b"order update 0"), 20)
         revoked_at = time.monotonic()
-        async with admin_client(CAS_URL, load_admin(SHARED / "td" / "admin")) as admin:
+        async with admin_client(CAS_URL, load_admin(OPERATOR)) as admin:
             await admin.revoke("instance", serial, "compose demo: instance decommissioned")
         try:
             while await asyncio.wait_for(reader.read(65536), 20):
@@ -262,7 +279,7 @@ def self_made_certificate_attempt(work: Path) -> str:
     )
     (work / "rogue.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (work / "rogue.key").write_bytes(private_key_pem(key))
-    ctx = ssl.create_default_context(cafile=str(SHARED / "td" / "cas" / "mesh-ca.pem"))
+    ctx = ssl.create_default_context(cafile=str(MESH_CA))
     ctx.check_hostname = False
     ctx.load_cert_chain(work / "rogue.pem", work / "rogue.key")
     host, port = ORDERS_SIDECAR.rsplit(":", 1)
@@ -280,13 +297,13 @@ def self_made_certificate_attempt(work: Path) -> str:
     return f"a self-made 'frontend' certificate: {len(got)} bytes came back"
 
 
-def refused_sidecar(work: Path, name: str, workload: Path, platform: str, port: int) -> str:
-    """Run a real sidecar for orders and report what `netshield wait` says about it."""
+def refused_sidecar(work: Path, name: str, platform_socket: Path, port: int) -> str:
+    """Run a real sidecar for orders on the host's platform service and report what `netshield
+    wait` says about it: the platform measures this container's /workload (a tampered build)."""
     config = {
         "service": "orders",
-        "cas": {"url": CAS_URL, "ca": str(SHARED / "td" / "cas" / "mesh-ca.pem")},
-        "platform": {"in_process": str(SHARED / "platforms" / platform)},
-        "workload": {"path": str(workload), "cmd": "python3 app.py"},
+        "cas": {"url": CAS_URL, "ca": str(MESH_CA)},
+        "platform": {"socket": str(platform_socket)},
         "admin": {"listen": f"127.0.0.1:{port}"},
         "records": {"file": str(work / f"{name}.jsonl")},
         "inbound": {"listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"},
@@ -313,20 +330,18 @@ def refused_sidecar(work: Path, name: str, workload: Path, platform: str, port: 
 
 
 def attack() -> int:
+    from probe import readable_private_keys
+
     work = Path(tempfile.mkdtemp(prefix="attacker-"))
+    keys = readable_private_keys()
+    say(f"attacker: private keys readable in this container: {keys or 'none'}")
     say(f"attacker: {plaintext_attempt()}")
     say(f"attacker: {self_made_certificate_attempt(work)}")
-    tampered = work / "orders-tampered"
-    shutil.copytree("/workload-orders", tampered)
-    app = tampered / "app.py"
-    app.write_text(app.read_text().replace("3 open orders", "3 open orders (and a backdoor)"))
-    say(f"attacker: {refused_sidecar(work, 'tampered-orders', tampered, 'p-current', 15010)}")
-    say(
-        "old firmware: "
-        + refused_sidecar(
-            work, "orders-on-old-firmware", Path("/workload-orders"), "p-old-firmware", 15011
-        )
-    )
+    current, old = Path("/run/netshield/platform.sock"), Path("/run/netshield-old/platform.sock")
+    tampered = refused_sidecar(work, "tampered-orders", current, 15010)
+    say(f"attacker: {tampered}")
+    say("old firmware: " + refused_sidecar(work, "orders-on-old-firmware", old, 15011))
+    (ATTACKER / "results.json").write_text(json.dumps({"keys": keys, "tampered": tampered}))
     say("attacker: done")
     ATTACKER_DONE.write_text("done\n")
     return 0

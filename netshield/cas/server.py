@@ -50,6 +50,7 @@ class CasOptions:
     state_dir: Path
     listen: HostPort
     counter_file: Path | None = None
+    keys_dir: Path | None = None  # mesh CA and vendor roots; None: inside state_dir
     adopt_counter: bool = False
     server_names: tuple[str, ...] = ()
     nonce_ttl: timedelta = timedelta(seconds=30)
@@ -105,7 +106,13 @@ def build_service(options: CasOptions, now: datetime) -> CasService:
         policy_text = options.policy_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"--policy {options.policy_file}: cannot read ({err})") from None
-    material = load_cas_material(options.state_dir)
+    keys_dir = options.keys_dir or options.state_dir
+    if not keys_dir.is_dir():
+        raise UsageError(
+            f"--keys {keys_dir}: no such directory (the mesh CA and vendor-roots/ from "
+            "`netshield init DIR`, DIR/cas)"
+        )
+    material = load_cas_material(keys_dir)
     counter = MonotonicCounter(options.counter_file) if options.counter_file else None
     store = CasStore.open(options.state_dir, counter=counter, adopt_counter=options.adopt_counter)
     try:
