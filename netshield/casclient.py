@@ -3,6 +3,12 @@
 Refusals come back as `CasRefused` carrying the CAS's reason code, message and hint; transport
 failures as `CasUnreachable` naming the URL. Both are NetshieldErrors, so the CLI prints them as
 one line.
+
+A client may know several CAS replicas (several URLs on one database): a request that cannot
+reach one, or that one answers "busy" or "state unavailable" (HTTP 503), goes to the next, and
+the client stays with the replica that answered until it fails. A refusal (the CAS decided) is
+never retried elsewhere. A name that resolves to several addresses (a Kubernetes Service) is
+one URL: the connector tries its addresses in turn.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -51,13 +58,20 @@ class Credentials:
     policy: dict[str, Any]
 
 
+FAILOVER_STATUS = 503  # BUSY, STATE_UNAVAILABLE: another replica may answer
+
+
 class CasClient:
-    """Async client; use as `async with CasClient(url, ssl_context=...) as cas:`."""
+    """Async client; use as `async with CasClient(url_or_urls, ssl_context=...) as cas:`."""
 
     def __init__(
-        self, base_url: str, *, ssl_context: ssl.SSLContext, timeout: float = 10.0
+        self, base_url: str | Sequence[str], *, ssl_context: ssl.SSLContext, timeout: float = 10.0
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("a CAS client needs at least one URL")
+        self.base_urls = tuple(u.rstrip("/") for u in urls)
+        self._current = 0
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -81,7 +95,42 @@ class CasClient:
             await self._session.close()
             self._session = None
 
+    @property
+    def base_url(self) -> str:
+        """The replica the client talks to now."""
+        return self.base_urls[self._current]
+
     async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One request, at the current replica or, if it is away or busy, at the next ones."""
+        failures: list[NetshieldError] = []
+        for _ in self.base_urls:
+            try:
+                return await self._request_one(
+                    method, path, body=body, params=params, timeout=timeout
+                )
+            except CasUnreachable as err:
+                failures.append(err)
+            except CasRefused as err:
+                if err.status != FAILOVER_STATUS or len(self.base_urls) == 1:
+                    raise
+                failures.append(err)
+            self._current = (self._current + 1) % len(self.base_urls)
+        if len(failures) == 1 or all(isinstance(f, CasRefused) for f in failures):
+            raise failures[-1]
+        raise CasUnreachable(
+            "no CAS replica answered: " + "; ".join(str(f) for f in failures),
+            hint="check the URLs and that `netshield cas serve` runs on at least one of them",
+        )
+
+    async def _request_one(
         self,
         method: str,
         path: str,

@@ -38,6 +38,8 @@ CAS_COMMAND_MODULES: tuple[str, ...] = ("check_access",)
 
 ENV_CAS = "NETSHIELD_CAS"
 ENV_ADMIN = "NETSHIELD_ADMIN"
+ENV_DATABASE = "NETSHIELD_DATABASE"
+ENV_DATABASE_PASSWORD_FILE = "NETSHIELD_DATABASE_PASSWORD_FILE"  # noqa: S105 - a variable name
 
 
 def _now() -> datetime:
@@ -166,6 +168,7 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
         listen = HostPort.parse(args.listen)
     except ValueError as err:
         raise UsageError(f"--listen: {err}") from None
+    database, password_file = _database_args(args)
     options = CasOptions(
         policy_file=Path(args.policy),
         state_dir=Path(args.state),
@@ -178,9 +181,45 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
         unsafe_evidence_roots=Path(args.unsafe_evidence_roots)
         if args.unsafe_evidence_roots
         else None,
+        database=database,
+        database_password_file=password_file,
+        chain_lock=args.chain_lock,
     )
     _run(serve(options))
     return 0
+
+
+def _database_args(args: argparse.Namespace) -> tuple[str | None, Path | None]:
+    """--database (or $NETSHIELD_DATABASE) and its password file; never a password in argv."""
+    url = args.database or os.environ.get(ENV_DATABASE) or None
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise UsageError(f"--database {url!r}: expected a postgresql:// URL")
+    if args.database:
+        from netshield.cas.store.postgres import url_has_password
+
+    if args.database and url_has_password(args.database):
+        raise UsageError(
+            "--database: the URL holds a password, which every user of this machine can read "
+            "from the command line; put it in a file named by --database-password-file "
+            f"(or ${ENV_DATABASE_PASSWORD_FILE}), or in PGPASSWORD"
+        )
+    password_file = args.database_password_file or os.environ.get(ENV_DATABASE_PASSWORD_FILE)
+    if password_file and url is None:
+        raise UsageError("--database-password-file needs --database")
+    return url, Path(password_file) if password_file else None
+
+
+def _add_database(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--database",
+        help="keep the state in PostgreSQL: postgresql://USER@HOST:PORT/DB, without the password "
+        f"(env {ENV_DATABASE}; default: SQLite in --state)",
+    )
+    q.add_argument(
+        "--database-password-file",
+        help=f"file holding the database password (env {ENV_DATABASE_PASSWORD_FILE}; "
+        "libpq's PGPASSWORD and ~/.pgpass work too)",
+    )
 
 
 def _admin_args(args: argparse.Namespace) -> tuple[str, Any]:
@@ -233,14 +272,19 @@ def cmd_cas_policy(args: argparse.Namespace) -> int:
 def cmd_cas_audit(args: argparse.Namespace) -> int:
     from netshield import operator
 
-    if args.state:
+    database, password_file = _database_args(args)
+    if args.state or database:
+        from netshield.cas.server import read_password_file
+
         lines, ok = operator.audit_offline(
-            Path(args.state),
+            Path(args.state or "."),
             Path(args.counter) if args.counter else None,
             verify=args.verify,
             as_json=args.json,
             since=args.since,
             limit=args.limit,
+            database=database,
+            password=read_password_file(password_file),
         )
     else:
         url, admin = _admin_args(args)
@@ -389,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM roots to trust for SEV-SNP/SGX/TDX evidence besides AMD's and Intel's "
         "(test and lab hardware only)",
     )
+    _add_database(q)
+    q.add_argument(
+        "--chain-lock",
+        choices=["advisory", "serializable"],
+        default="advisory",
+        help="with --database: how replicas serialize the audit chain (default advisory)",
+    )
     q.set_defaults(func=cmd_cas_serve)
 
     q = csub.add_parser("revoke", help="revoke an instance (serial), a service or a platform")
@@ -410,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = csub.add_parser("audit", help="read and verify the CAS audit log")
     _add_admin(q)
     q.add_argument("--state", help="read offline from a state directory instead of the API")
-    q.add_argument("--counter", help="with --state: the monotonic counter file")
+    _add_database(q)
+    q.add_argument("--counter", help="with --state or --database: the monotonic counter file")
     q.add_argument("--verify", action="store_true", help="check the hash chain and the counter")
     q.add_argument("--json", action="store_true")
     q.add_argument("--since", type=int, default=0)

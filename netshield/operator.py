@@ -137,12 +137,17 @@ def audit_offline(
     as_json: bool,
     since: int,
     limit: int,
+    database: str | None = None,
+    password: str | None = None,
 ) -> tuple[list[str], bool]:
-    """Read the audit log straight from a (stopped or running) CAS state directory."""
+    """Read the audit log straight from a (stopped or running) CAS's database."""
     from netshield.cas.store import read_audit_offline
 
     entries, counter_value, counter_path = read_audit_offline(
-        state_dir, MonotonicCounter(counter_file) if counter_file else None
+        state_dir,
+        MonotonicCounter(counter_file) if counter_file else None,
+        database=database,
+        password=password,
     )
     lines = format_entries([e for e in entries if e.seq > since][:limit], as_json=as_json)
     if not verify:

@@ -403,9 +403,10 @@ REASONS: dict[Reason, ReasonInfo] = dict(
         _r(
             Reason.STATE_UNAVAILABLE,
             Stage.STATE,
-            500,
-            "The CAS state cannot be used (locked by another CAS, unreadable, or not a CAS "
-            "database); run one CAS per state directory and check the path.",
+            503,
+            "The CAS state cannot be used (locked by another CAS, unreadable, not a CAS "
+            "database, or its PostgreSQL database is unreachable); run one CAS per state "
+            "directory, check the path or the database, and retry.",
         ),
         _r(
             Reason.AUDIT_CHAIN_BROKEN,

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
+
+from tests.pg_support import PgCluster, find_bindir
+from tests.store_support import Backing
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -32,3 +37,35 @@ def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Generator[N
         os.environ.pop("XDG_STATE_HOME", None)
     else:
         os.environ["XDG_STATE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Generator[PgCluster, None, None]:
+    """One throwaway PostgreSQL cluster for the whole test session (skipped without one)."""
+    bindir, why = find_bindir()
+    if bindir is None:
+        pytest.skip(why)
+    cluster = PgCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_schema(pg_cluster: PgCluster) -> Generator[str, None, None]:
+    """A fresh, empty schema in the cluster's database, dropped after the test."""
+    name = f"t_{secrets.token_hex(6)}"
+    pg_cluster.psql(f'CREATE SCHEMA "{name}"')
+    yield name
+    pg_cluster.psql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backing(request: pytest.FixtureRequest, tmp_path: Path) -> Backing:
+    """Each kind of CAS database in turn: the same behaviour tests run against both."""
+    if request.param == "sqlite":
+        return Backing("sqlite", tmp_path)
+    cluster = request.getfixturevalue("pg_cluster")
+    schema = request.getfixturevalue("pg_schema")
+    return Backing("postgres", tmp_path, cluster, schema)

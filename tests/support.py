@@ -149,8 +149,18 @@ class CasProcess:
 
 
 @contextlib.contextmanager
-def cas_subprocess(domain: Domain, *extra: str, timeout: float = 20.0) -> Iterator[CasProcess]:
-    """`netshield cas serve` as a real process; yields once its ready line arrived."""
+def cas_subprocess(
+    domain: Domain,
+    *extra: str,
+    timeout: float = 20.0,
+    counter: Path | None = None,
+    name: str = "cas",
+    env: dict[str, str] | None = None,
+) -> Iterator[CasProcess]:
+    """`netshield cas serve` as a real process; yields once its ready line arrived.
+
+    ``name`` names its stderr log (``<root>/<name>.stderr``): one per replica.
+    """
     args = netshield_cmd(
         "cas",
         "serve",
@@ -161,16 +171,17 @@ def cas_subprocess(domain: Domain, *extra: str, timeout: float = 20.0) -> Iterat
         "--listen",
         "127.0.0.1:0",
         "--counter",
-        str(domain.counter_file),
+        str(counter or domain.counter_file),
         *extra,
     )
-    log = (domain.root / "cas.stderr").open("w")
+    log_path = domain.root / f"{name}.stderr"
+    log = log_path.open("w")
     proc = subprocess.Popen(
         args,
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     try:
         deadline = time.monotonic() + timeout
@@ -178,9 +189,7 @@ def cas_subprocess(domain: Domain, *extra: str, timeout: float = 20.0) -> Iterat
         line = proc.stdout.readline()
         if not line:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            raise AssertionError(
-                f"CAS exited {proc.returncode}: {(domain.root / 'cas.stderr').read_text()}"
-            )
+            raise AssertionError(f"CAS exited {proc.returncode}: {log_path.read_text()}")
         ready = json.loads(line)
         domain._url = str(ready["url"])
         yield CasProcess(proc, ready)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,6 +17,7 @@ from netshield.cas.store import CasStore, policy_text_hash
 from netshield.errors import NetshieldError, StateError
 from netshield.nonces import NonceStatus
 from netshield.reasons import Reason
+from tests.store_support import Backing
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 TTL = timedelta(seconds=30)
@@ -36,8 +37,10 @@ def open_store(tmp_path: Path) -> CasStore:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[CasStore]:
-    with open_store(tmp_path) as s:
+def store(backing: Backing) -> Iterator[CasStore]:
+    """The store on each kind of database: SQLite, then PostgreSQL."""
+    counter = MonotonicCounter(backing.root / "outside" / "cas.counter")
+    with backing.open(now=T0, counter=counter) as s:
         yield s
 
 
@@ -128,22 +131,28 @@ def test_nonce_never_issued_is_unknown(store: CasStore, nonce: bytes) -> None:
     assert store.consume_nonce(nonce, now=T0) is NonceStatus.UNKNOWN
 
 
-def test_long_expired_nonce_rows_are_pruned(store: CasStore, tmp_path: Path) -> None:
+def test_long_expired_nonce_rows_are_pruned(store: CasStore, backing: Backing) -> None:
     old = store.issue_nonce(now=T0, ttl=TTL)
     store.issue_nonce(now=T0 + timedelta(hours=2), ttl=TTL)
     assert store.consume_nonce(old, now=T0 + timedelta(hours=2)) is NonceStatus.UNKNOWN
-    with sqlite3.connect(tmp_path / "state" / "cas.db") as raw:
-        assert raw.execute("SELECT count(*) FROM nonces").fetchone() == (1,)
+    raw = backing.raw()
+    assert raw.execute("SELECT count(*) FROM nonces").fetchone() == (1,)
+    raw.close()
 
 
-def test_nonces_are_stored_hashed_and_not_audited(store: CasStore, tmp_path: Path) -> None:
+def test_nonces_are_stored_hashed_and_not_audited(store: CasStore, backing: Backing) -> None:
     head = store.audit_head()
     nonce = store.issue_nonce(now=T0, ttl=TTL)
     store.consume_nonce(nonce, now=T0)
     assert store.audit_head() == head == counter_value(store)
-    db = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.is_file())
-    assert nonce not in db
-    assert nonce.hex().encode() not in db
+    raw = backing.raw()
+    stored = [str(r[0]) for r in raw.execute("SELECT digest FROM nonces").fetchall()]
+    raw.close()
+    assert stored == [hashlib.sha256(nonce).hexdigest()]
+    if backing.kind == "sqlite":
+        db = b"".join(p.read_bytes() for p in backing.state_dir.iterdir() if p.is_file())
+        assert nonce not in db
+        assert nonce.hex().encode() not in db
 
 
 def test_concurrent_consumers_of_one_nonce_get_exactly_one_valid(store: CasStore) -> None:

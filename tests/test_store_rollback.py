@@ -1,17 +1,18 @@
 """AM7.1 disk rollback and tampering: CasStore.open fails closed with one sentence, twins pass.
 
-Every test works on real files: the state directory is copied and restored with shutil, the
-database is tampered with through a raw sqlite3 connection, the counter lives outside the state.
+Every test works on the real database: a SQLite state directory copied and restored with
+shutil, or a PostgreSQL schema dumped with pg_dump and restored with psql (the `backing`
+fixture runs each test against both); the database is tampered with through a raw connection,
+the counter lives outside the database.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,9 +21,14 @@ from netshield.cas.counter import MonotonicCounter
 from netshield.cas.store import CasStore, read_audit_offline, verify_state
 from netshield.errors import StateError
 from netshield.reasons import Reason
+from tests.store_support import Backing
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = "trust_domain: example.org\n"
+RESTORE = {
+    "sqlite": "restore the newest copy of the state directory",
+    "postgres": "restore the newest dump of the database",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -34,19 +40,25 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-def counter(tmp_path: Path) -> MonotonicCounter:
-    return MonotonicCounter(tmp_path / "outside" / "cas.counter")
+def counter(b: Backing) -> MonotonicCounter:
+    return MonotonicCounter(b.root / "outside" / "cas.counter")
 
 
-def open_store(tmp_path: Path, *, adopt_counter: bool = False) -> CasStore:
-    return CasStore.open(
-        state(tmp_path), counter=counter(tmp_path), adopt_counter=adopt_counter, now=T0
-    )
+def open_store(b: Backing, *, adopt_counter: bool = False) -> CasStore:
+    return b.open(now=T0, counter=counter(b), adopt_counter=adopt_counter)
 
 
-def populate(tmp_path: Path, events: int = 4) -> None:
+def offline(b: Backing) -> dict[str, Any]:
+    """How the offline tools name this database."""
+    if b.kind == "sqlite":
+        return {}
+    assert b.cluster is not None
+    return {"database": b.url, "password": b.cluster.password}
+
+
+def populate(b: Backing, events: int = 4) -> None:
     """State: policy (entry 2), platform revocation (3), issued cert (4), then plain events."""
-    with open_store(tmp_path) as store:
+    with open_store(b) as store:
         store.apply_policy(POLICY, previous_hash=None, now=T0, actor="alice")
         store.revoke(kind="platform", target="p1", now=T0, actor="alice")
         store.record_issued(
@@ -64,14 +76,9 @@ def populate(tmp_path: Path, events: int = 4) -> None:
             store.audit("test.event", {"i": i}, now=T0 + timedelta(seconds=i))
 
 
-def raw(tmp_path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(state(tmp_path) / "cas.db", isolation_level=None)
-    return conn
-
-
-def refused(tmp_path: Path, **kwargs: bool) -> StateError:
+def refused(b: Backing, **kwargs: bool) -> StateError:
     with pytest.raises(StateError) as info:
-        open_store(tmp_path, **kwargs)
+        open_store(b, **kwargs)
     message = str(info.value)
     assert "\n" not in message
     return info.value
@@ -80,104 +87,98 @@ def refused(tmp_path: Path, **kwargs: bool) -> StateError:
 # --- rollback -------------------------------------------------------------------------------
 
 
-def test_normal_reopen_after_changes_succeeds(tmp_path: Path) -> None:
-    populate(tmp_path)
-    with open_store(tmp_path) as store:
+def test_normal_reopen_after_changes_succeeds(backing: Backing) -> None:
+    populate(backing)
+    with open_store(backing) as store:
         store.revoke(kind="platform", target="p2", now=T0, actor="alice")
-    with open_store(tmp_path) as store:
+    with open_store(backing) as store:
         assert store.revoked_platforms() == frozenset({"p1", "p2"})
         assert store.verify_audit() == []
 
 
-def test_restored_copy_of_the_state_directory_is_refused_as_rolled_back(tmp_path: Path) -> None:
-    populate(tmp_path, events=0)
-    backup = tmp_path / "backup"
-    shutil.copytree(state(tmp_path), backup)
-    with open_store(tmp_path) as store:
+def test_restored_older_copy_of_the_database_is_refused_as_rolled_back(backing: Backing) -> None:
+    populate(backing, events=0)
+    backing.save("backup")
+    with open_store(backing) as store:
         store.revoke(kind="platform", target="p2", now=T0, actor="alice")
-    shutil.rmtree(state(tmp_path))
-    shutil.copytree(backup, state(tmp_path))
+    backing.restore("backup")
 
-    err = refused(tmp_path)
+    err = refused(backing)
     assert err.reason is Reason.STATE_ROLLED_BACK
     assert str(err).startswith(
-        f"{state(tmp_path) / 'cas.db'} is at audit entry 4 but its monotonic counter "
-        f"{counter(tmp_path).path} says 5: the state was rolled back"
+        f"{backing.location} is at audit entry 4 but its monotonic counter "
+        f"{counter(backing).path} says 5: the state was rolled back"
     )
-    assert "restore the newest copy of the state directory" in str(err)
+    assert RESTORE[backing.kind] in str(err)
 
 
 def test_restored_copy_with_a_forged_continuation_is_refused_as_replaced(
-    tmp_path: Path,
+    backing: Backing, tmp_path: Path
 ) -> None:
-    populate(tmp_path, events=0)
-    backup = tmp_path / "backup"
-    shutil.copytree(state(tmp_path), backup)
-    with open_store(tmp_path) as store:
+    populate(backing, events=0)
+    backing.save("backup")
+    with open_store(backing) as store:
         store.revoke(kind="platform", target="p2", now=T0, actor="alice")
-    shutil.rmtree(state(tmp_path))
-    shutil.copytree(backup, state(tmp_path))
+    backing.restore("backup")
     # The adversary brings the old copy up to the counter's seq with other entries.
     other = MonotonicCounter(tmp_path / "elsewhere.counter")
-    CasStore.open(state(tmp_path), counter=other, adopt_counter=True, now=T0).close()
+    backing.open(now=T0, counter=other, adopt_counter=True).close()
 
-    err = refused(tmp_path)
+    err = refused(backing)
     assert err.reason is Reason.STATE_ROLLED_BACK
     assert "audit entry 5 in" in str(err)
     assert "is not the one its monotonic counter" in str(err)
 
 
 def test_log_one_entry_ahead_of_the_counter_is_a_crash_and_catches_the_counter_up(
-    tmp_path: Path,
+    backing: Backing,
 ) -> None:
-    populate(tmp_path, events=0)
-    saved = counter(tmp_path).path.read_bytes()
-    with open_store(tmp_path) as store:
+    populate(backing, events=0)
+    saved = counter(backing).path.read_bytes()
+    with open_store(backing) as store:
         store.audit("test.event", {}, now=T0)
         head = store.audit_head()
-    counter(tmp_path).path.write_bytes(saved)  # as if the process died before the counter write
-    with open_store(tmp_path) as store:
-        assert counter(tmp_path).read() == head == store.audit_head()
+    counter(backing).path.write_bytes(saved)  # as if the process died before the counter write
+    with open_store(backing) as store:
+        assert counter(backing).read() == head == store.audit_head()
 
 
-def test_deleted_database_is_refused_by_an_explicit_counter(tmp_path: Path) -> None:
-    populate(tmp_path)
-    for p in state(tmp_path).glob("cas.db*"):
-        p.unlink()
-    err = refused(tmp_path)
+def test_deleted_database_is_refused_by_an_explicit_counter(backing: Backing) -> None:
+    populate(backing)
+    backing.delete()
+    err = refused(backing)
     assert err.reason is Reason.STATE_ROLLED_BACK
     assert "is at audit entry 1 but its monotonic counter" in str(err)
-    refused(tmp_path)  # and it stays refused: the new empty state is not adopted silently
+    refused(backing)  # and it stays refused: the new empty state is not adopted silently
 
 
-def test_missing_counter_with_a_non_empty_database_is_refused(tmp_path: Path) -> None:
-    populate(tmp_path)
-    counter(tmp_path).path.unlink()
-    err = refused(tmp_path)
+def test_missing_counter_with_a_non_empty_database_is_refused(backing: Backing) -> None:
+    populate(backing)
+    counter(backing).path.unlink()
+    err = refused(backing)
     assert err.reason is Reason.STATE_ROLLED_BACK
-    assert str(counter(tmp_path).path) in str(err)
+    assert str(counter(backing).path) in str(err)
     assert "--adopt-counter" in str(err)
 
 
 def test_missing_counter_is_adopted_with_adopt_counter_and_the_adoption_audited(
-    tmp_path: Path,
+    backing: Backing,
 ) -> None:
-    populate(tmp_path)
-    counter(tmp_path).path.unlink()
-    with open_store(tmp_path, adopt_counter=True) as store:
+    populate(backing)
+    counter(backing).path.unlink()
+    with open_store(backing, adopt_counter=True) as store:
         entry = store.audit_entries()[-1]
         assert entry.event == "state.adopt_counter"
-        assert counter(tmp_path).read() == store.audit_head()
-    open_store(tmp_path).close()
+        assert counter(backing).read() == store.audit_head()
+    open_store(backing).close()
 
 
-def test_deleted_database_is_refused_with_the_default_counter(tmp_path: Path) -> None:
-    CasStore.open(state(tmp_path), now=T0).close()
-    for p in state(tmp_path).glob("cas.db*"):
-        p.unlink()
+def test_deleted_database_is_refused_with_the_default_counter(backing: Backing) -> None:
+    backing.open(now=T0).close()
+    backing.delete()
     with pytest.raises(StateError) as info:
-        CasStore.open(state(tmp_path), now=T0)
-    assert "cas.db is missing but" in str(info.value)
+        backing.open(now=T0)
+    assert f"{backing.location} is missing but" in str(info.value)
     assert "deleted or rolled back to before it was created" in str(info.value)
 
 
@@ -189,14 +190,14 @@ def test_fresh_state_directory_opens_with_the_default_counter(tmp_path: Path) ->
         assert store.verify_audit() == []
 
 
-# --- audit tampering through raw sqlite3 ----------------------------------------------------
+# --- audit tampering through a raw connection ----------------------------------------------------
 
 
-def edit_entry(conn: sqlite3.Connection) -> None:
+def edit_entry(conn: Any) -> None:
     conn.execute("UPDATE audit SET data = ? WHERE seq = 5", (json.dumps({"i": 99}),))
 
 
-def edit_entry_and_rehash(conn: sqlite3.Connection) -> None:
+def edit_entry_and_rehash(conn: Any) -> None:
     seq, ts, event, prev_hash = conn.execute(
         "SELECT seq, ts, event, prev_hash FROM audit WHERE seq = 5"
     ).fetchone()
@@ -207,15 +208,15 @@ def edit_entry_and_rehash(conn: sqlite3.Connection) -> None:
     )
 
 
-def delete_last_rows(conn: sqlite3.Connection) -> None:
+def delete_last_rows(conn: Any) -> None:
     conn.execute("DELETE FROM audit WHERE seq > 5")
 
 
-def delete_middle_row(conn: sqlite3.Connection) -> None:
+def delete_middle_row(conn: Any) -> None:
     conn.execute("DELETE FROM audit WHERE seq = 5")
 
 
-def swap_rows(conn: sqlite3.Connection) -> None:
+def swap_rows(conn: Any) -> None:
     cols = "ts, event, data, prev_hash, hash"
     row5 = conn.execute(f"SELECT {cols} FROM audit WHERE seq = 5").fetchone()
     row7 = conn.execute(f"SELECT {cols} FROM audit WHERE seq = 7").fetchone()
@@ -224,23 +225,23 @@ def swap_rows(conn: sqlite3.Connection) -> None:
     conn.execute(f"UPDATE audit SET {sets} WHERE seq = 7", row5)
 
 
-def replace_entry_with_garbage(conn: sqlite3.Connection) -> None:
+def replace_entry_with_garbage(conn: Any) -> None:
     conn.execute("UPDATE audit SET data = '{\"x\": NaN}' WHERE seq = 5")
 
 
-def delete_revocation_row(conn: sqlite3.Connection) -> None:
+def delete_revocation_row(conn: Any) -> None:
     conn.execute("DELETE FROM revocations WHERE target = 'p1'")
 
 
-def move_issued_cert_to_another_service(conn: sqlite3.Connection) -> None:
+def move_issued_cert_to_another_service(conn: Any) -> None:
     conn.execute("UPDATE issued SET service = 'other'")
 
 
-def edit_policy_text(conn: sqlite3.Connection) -> None:
+def edit_policy_text(conn: Any) -> None:
     conn.execute("UPDATE policies SET text = 'trust_domain: evil.org\n'")
 
 
-TAMPERING: list[tuple[Callable[[sqlite3.Connection], None], Reason, str]] = [
+TAMPERING: list[tuple[Callable[[Any], None], Reason, str]] = [
     (edit_entry, Reason.AUDIT_CHAIN_BROKEN, "entry 5: hash does not match its content (edited)"),
     (
         edit_entry_and_rehash,
@@ -273,39 +274,37 @@ TAMPERING: list[tuple[Callable[[sqlite3.Connection], None], Reason, str]] = [
     ("tamper", "reason", "sentence"), TAMPERING, ids=[t[0].__name__ for t in TAMPERING]
 )
 def test_tampered_state_is_refused_with_a_specific_sentence(
-    tmp_path: Path,
-    tamper: Callable[[sqlite3.Connection], None],
+    backing: Backing,
+    tamper: Callable[[Any], None],
     reason: Reason,
     sentence: str,
 ) -> None:
-    populate(tmp_path)
-    conn = raw(tmp_path)
+    populate(backing)
+    conn = backing.raw()
     tamper(conn)
     conn.close()
-    err = refused(tmp_path)
+    err = refused(backing)
     assert err.reason is reason
     assert sentence in str(err)
-    assert any(
-        sentence in p or "truncated" in p
-        for p in verify_state(state(tmp_path), counter(tmp_path).path)
-    )
+    problems = verify_state(backing.state_dir, counter(backing).path, **offline(backing))
+    assert any(sentence in p or "truncated" in p for p in problems)
 
 
-def test_untampered_state_reopens_and_verifies_clean(tmp_path: Path) -> None:
-    populate(tmp_path)
-    conn = raw(tmp_path)  # the same raw access, reading only
+def test_untampered_state_reopens_and_verifies_clean(backing: Backing) -> None:
+    populate(backing)
+    conn = backing.raw()  # the same raw access, reading only
     assert conn.execute("SELECT count(*) FROM audit").fetchone() == (8,)
     conn.close()
-    with open_store(tmp_path) as store:
+    with open_store(backing) as store:
         assert store.verify_audit() == []
-    assert verify_state(state(tmp_path), counter(tmp_path).path) == []
+    assert verify_state(backing.state_dir, counter(backing).path, **offline(backing)) == []
 
 
-def test_tampering_while_running_shows_in_verify_audit(tmp_path: Path) -> None:
-    populate(tmp_path)
-    with open_store(tmp_path) as store:
+def test_tampering_while_running_shows_in_verify_audit(backing: Backing) -> None:
+    populate(backing)
+    with open_store(backing) as store:
         assert store.verify_audit() == []
-        conn = raw(tmp_path)
+        conn = backing.raw()
         edit_entry(conn)
         conn.close()
         assert store.verify_audit() == ["entry 5: hash does not match its content (edited)"]
@@ -318,54 +317,60 @@ def snapshot(*dirs: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for d in dirs for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def test_verify_state_reports_a_rollback_and_writes_nothing(tmp_path: Path) -> None:
-    populate(tmp_path)
-    backup = tmp_path / "backup"
-    shutil.copytree(state(tmp_path), backup)
-    with open_store(tmp_path) as store:
+def test_verify_state_reports_a_rollback_and_writes_nothing(backing: Backing) -> None:
+    populate(backing)
+    backing.save("backup")
+    with open_store(backing) as store:
         store.audit("test.event", {}, now=T0)
-    shutil.rmtree(state(tmp_path))
-    shutil.copytree(backup, state(tmp_path))
-    before = snapshot(state(tmp_path), tmp_path / "outside")
-    problems = verify_state(state(tmp_path), counter(tmp_path).path)
+    backing.restore("backup")
+    before = snapshot(backing.state_dir, backing.root / "outside")
+    problems = verify_state(backing.state_dir, counter(backing).path, **offline(backing))
     assert problems == ["log ends at entry 8 but the monotonic counter says 9 (truncated)"]
-    assert snapshot(state(tmp_path), tmp_path / "outside") == before
+    assert snapshot(backing.state_dir, backing.root / "outside") == before
 
 
-def test_verify_state_names_a_missing_database_or_counter(tmp_path: Path) -> None:
-    assert verify_state(state(tmp_path)) == [f"{state(tmp_path) / 'cas.db'} does not exist"]
-    populate(tmp_path)
-    counter(tmp_path).path.unlink()
-    assert verify_state(state(tmp_path), counter(tmp_path).path) == [
-        f"the monotonic counter {counter(tmp_path).path} is missing"
+def test_verify_state_names_a_missing_database_or_counter(backing: Backing) -> None:
+    missing = (
+        f"{backing.location} does not exist"
+        if backing.kind == "sqlite"
+        else f"{backing.location} holds no CAS state"
+    )
+    assert verify_state(backing.state_dir, **offline(backing)) == [missing]
+    populate(backing)
+    counter(backing).path.unlink()
+    assert verify_state(backing.state_dir, counter(backing).path, **offline(backing)) == [
+        f"the monotonic counter {counter(backing).path} is missing"
     ]
 
 
 def test_garbage_database_file_is_refused_naming_the_file(tmp_path: Path) -> None:
     state(tmp_path).mkdir()
     (state(tmp_path) / "cas.db").write_bytes(b"not a database" * 100)
-    err = refused(tmp_path)
+    err = refused(Backing("sqlite", tmp_path))
     assert f"{state(tmp_path) / 'cas.db'} is not a readable CAS database" in str(err)
     assert err.reason is Reason.STATE_UNAVAILABLE  # not a rollback: the file is not a CAS database
 
 
 def test_verify_state_reads_a_running_cas_through_its_wal(tmp_path: Path) -> None:
-    populate(tmp_path)
-    with open_store(tmp_path) as store:
+    b = Backing("sqlite", tmp_path)
+    populate(b)
+    with open_store(b) as store:
         store.audit("test.event", {"late": True}, now=T0)
         assert (state(tmp_path) / "cas.db-wal").exists()
-        assert verify_state(state(tmp_path), counter(tmp_path).path) == []
+        assert verify_state(state(tmp_path), counter(b).path) == []
 
 
-def test_read_audit_offline_returns_the_log_and_the_counter_value(tmp_path: Path) -> None:
-    populate(tmp_path)
-    with open_store(tmp_path) as store:
+def test_read_audit_offline_returns_the_log_and_the_counter_value(backing: Backing) -> None:
+    populate(backing)
+    with open_store(backing) as store:
         expected = store.audit_entries()
         head = store.audit_head()
-    entries, value, path = read_audit_offline(state(tmp_path), counter(tmp_path))
-    assert (entries, value, path) == (expected, head, counter(tmp_path).path)
+    entries, value, path = read_audit_offline(
+        backing.state_dir, counter(backing), **offline(backing)
+    )
+    assert (entries, value, path) == (expected, head, counter(backing).path)
 
 
-def test_read_audit_offline_refuses_a_missing_database(tmp_path: Path) -> None:
-    with pytest.raises(StateError, match=r"cas\.db does not exist"):
-        read_audit_offline(state(tmp_path), counter(tmp_path))
+def test_read_audit_offline_refuses_a_missing_database(backing: Backing) -> None:
+    with pytest.raises(StateError, match=r"does not exist|holds no CAS state"):
+        read_audit_offline(backing.state_dir, counter(backing), **offline(backing))

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,7 +67,7 @@ class Agent:
 
     def __init__(
         self,
-        cas_url: str,
+        cas_url: str | Sequence[str],
         cas_ca_pem: bytes,
         quoter: Quoter,
         service: str,
@@ -95,7 +95,8 @@ class Agent:
         backoff(0, base=backoff_base, cap=backoff_cap, rand=0.5)
         if feed_wait < 0 or request_timeout <= 0 or attest_timeout <= 0 or max_sleep <= 0:
             raise ValueError("feed_wait must be >= 0 and the timeouts and max_sleep > 0")
-        self.cas_url = cas_url
+        self.cas_urls = (cas_url,) if isinstance(cas_url, str) else tuple(cas_url)
+        self.cas_url = ", ".join(self.cas_urls)  # for messages: the replicas it may use
         self._cas_ca_pem = cas_ca_pem
         self._quoter = quoter
         self._service = service
@@ -163,7 +164,7 @@ class Agent:
         """Attest, renew and follow the feed until cancelled."""
         ctx = cas_client_context(ca_pem=self._cas_ca_pem)
         async with (
-            CasClient(self.cas_url, ssl_context=ctx, timeout=self._request_timeout) as cas,
+            CasClient(self.cas_urls, ssl_context=ctx, timeout=self._request_timeout) as cas,
             asyncio.TaskGroup() as tasks,
         ):
             tasks.create_task(self._renewal_loop(cas), name=f"agent-renewal {self._spiffe_id}")

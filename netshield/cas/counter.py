@@ -10,10 +10,16 @@ the same sequence number (it raises `StateError` instead); a write is atomic and
 file, fsync, rename, directory fsync), so a crash leaves the old or the new value, never a torn
 one. The file is created 0600 in a 0700 directory. It holds no secrets. Thread-safe within one
 process; one CAS process per state directory is the store's job (it holds a lock file).
+
+`MonotonicCounter.witness` is the variant for a database that several CAS replicas write: the
+counter keeps the newest head this replica wrote or saw, a value behind it is no news (another
+writer went further), and the read-compare-write holds an ``flock`` so that replicas sharing
+one counter file never move it back.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -135,6 +141,34 @@ class MonotonicCounter:
                         )
                     return
             self._write(value)
+
+    def witness(self, value: CounterValue) -> CounterValue:
+        """Keep the newer of ``value`` and the current value, and return what is kept.
+
+        StateError if the counter holds a different head for the same sequence number (the
+        database forked: another copy was written).
+        """
+        if value.seq < 0 or not _HEX64.fullmatch(value.head):
+            raise ValueError("a counter value is a seq >= 0 and a 64-hex head hash")
+        with self._lock:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                current = self.read()
+                if current is not None and value.seq == current.seq and value.head != current.head:
+                    raise StateError(
+                        f"the monotonic counter {self.path} recorded a different audit entry "
+                        f"{value.seq}: the database was replaced by another copy",
+                        reason=Reason.STATE_ROLLED_BACK,
+                    )
+                if current is not None and value.seq <= current.seq:
+                    return current
+                self._write(value)
+                return value
+            finally:
+                os.close(fd)
 
     def _write(self, value: CounterValue) -> None:
         directory = self.path.parent

@@ -4,10 +4,17 @@ Start-up is fail-closed: a rolled-back state, a broken audit chain, a policy fil
 from the stored policy, or missing CA material stops the CAS with one sentence. The CAS's own
 server certificate is minted at start from the mesh CA and lives only in memory. When the
 listener is bound, one JSON ready line goes to stdout with the bound address (port 0 works).
+
+With ``--database postgresql://...`` the state lives in PostgreSQL and several CAS replicas may
+serve it; the state directory then holds only the CA material. Each replica follows the
+database (`follow_database`): it wakes its feed readers when another replica changed the audit
+log, takes the policy versions others applied, and stops, fail-closed, if the database went
+back behind what this replica witnessed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -17,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -30,11 +37,13 @@ from netshield.cas.collateral import CollateralFiles
 from netshield.cas.counter import MonotonicCounter
 from netshield.cas.service import CasService, bootstrap_policy
 from netshield.cas.store import CasStore
-from netshield.errors import UsageError
+from netshield.cas.store.backend import ChainLock
+from netshield.errors import StateError, UsageError
 from netshield.identity import SpiffeId
 from netshield.netaddr import HostPort
 from netshield.pki.ca import CertificateAuthority, issue_certificate
 from netshield.pki.keys import generate_key
+from netshield.reasons import Reason
 from netshield.serving import start_site, stop_on_signals
 from netshield.tls.material import cas_server_context
 from netshield.trustdomain import load_cas_material
@@ -57,6 +66,10 @@ class CasOptions:
     max_attestations: int = MAX_CONCURRENT_ATTESTATIONS
     collateral_dir: Path | None = None
     unsafe_evidence_roots: Path | None = None
+    database: str | None = None  # a postgresql:// URL without password; None: SQLite in state_dir
+    database_password_file: Path | None = None
+    chain_lock: ChainLock = "advisory"
+    follow_interval: float = 1.0  # seconds between database checks when no notification came
 
 
 UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names to leave out of the certificate
@@ -114,7 +127,14 @@ def build_service(options: CasOptions, now: datetime) -> CasService:
         )
     material = load_cas_material(keys_dir)
     counter = MonotonicCounter(options.counter_file) if options.counter_file else None
-    store = CasStore.open(options.state_dir, counter=counter, adopt_counter=options.adopt_counter)
+    store = CasStore.open(
+        options.state_dir,
+        database=options.database,
+        password=read_password_file(options.database_password_file),
+        chain_lock=options.chain_lock,
+        counter=counter,
+        adopt_counter=options.adopt_counter,
+    )
     try:
         bootstrap_policy(store, policy_text, now=now)
         service = CasService(
@@ -156,11 +176,51 @@ def build_verifier(options: CasOptions, sim: SimulatedQuoteVerifier) -> Evidence
     return EvidenceVerifier(sim=sim, anchors=anchors, collateral=files.current)
 
 
+def read_password_file(path: Path | None) -> str | None:
+    """The database password from its file (one line; trailing newline ignored), or None."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--database-password-file {path}: cannot read ({err})") from None
+    password = text.rstrip("\r\n")
+    if not password or "\n" in password:
+        raise UsageError(
+            f"--database-password-file {path}: expected the password alone on one line"
+        )
+    return password
+
+
+async def follow_database(service: CasService, interval: float) -> None:
+    """Follow a shared database until cancelled; StateError if it was rolled back.
+
+    Wakes on the database's change notifications, or every ``interval`` seconds.
+    """
+    last: int | None = None
+    while True:
+        try:
+            if last is not None:
+                await asyncio.to_thread(service.store.backend.wait_for_change, interval)
+            head = await asyncio.to_thread(service.refresh)
+        except StateError as err:
+            if err.reason is not Reason.STATE_UNAVAILABLE:
+                raise
+            log.warning("%s", err)  # the database is away: keep serving, try again
+            await asyncio.sleep(interval)
+            continue
+        if head != last:
+            if last is not None:
+                await service.feed.notify()
+            last = head
+
+
 @dataclass(frozen=True, slots=True)
 class RunningCas:
     service: CasService
     bound: HostPort
     app: web.Application
+    follower: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -190,7 +250,18 @@ async def running_cas(options: CasOptions, *, clock: Clock = utc_now) -> AsyncIt
                 {"listen": str(bound), "policy_version": service.stored_policy.version},
                 now=now,
             )
-            yield RunningCas(service=service, bound=bound, app=runner.app)
+            follower = None
+            if service.store.backend.shared:
+                follower = asyncio.create_task(
+                    follow_database(service, options.follow_interval), name="cas-follow"
+                )
+            try:
+                yield RunningCas(service=service, bound=bound, app=runner.app, follower=follower)
+            finally:
+                if follower is not None:
+                    follower.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await follower
         finally:
             service.feed.close()  # pending long-polls answer now instead of holding up shutdown
             await runner.cleanup()
@@ -211,10 +282,25 @@ async def serve(options: CasOptions, *, out: TextIO | None = None) -> None:
                 "policy_version": cas.service.stored_policy.version,
                 "state_id": cas.service.store.state_id,
                 "counter": str(cas.service.store.counter_path),
+                "database": cas.service.store.backend.location,
             }
             print(json.dumps(ready), file=out or sys.stdout, flush=True)
             log.info(
                 "CAS serving %s for trust domain %s", cas.bound, cas.service.policy.trust_domain
             )
-            await stop.wait()
+            await _until_stopped(stop, cas.follower)
             log.info("CAS stopping")
+
+
+async def _until_stopped(stop: asyncio.Event, follower: asyncio.Task[None] | None) -> None:
+    """Wait for a stop signal; re-raise what ended the database follower first (a rollback)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    waiting: set[asyncio.Future[Any]] = {stopping}
+    if follower is not None:
+        waiting.add(follower)
+    try:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if follower is not None and follower in done:
+        follower.result()  # raises the StateError that stopped it

@@ -15,7 +15,7 @@ import binascii
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from netshield.attestation.appraisal import Decision, appraise
 from netshield.attestation.verifier import QuoteVerifier
 from netshield.cas.store import CasStore, Revocation, StoredPolicy
+from netshield.cas.store.model import SerialTaken
 from netshield.errors import ConfigError, CsrError, NetshieldError, QuoteError
 from netshield.identity import SpiffeId
-from netshield.pki.ca import CertificateAuthority, issue_certificate
+from netshield.pki.ca import CertificateAuthority, issue_certificate, random_serial
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.csr import parse_csr
 from netshield.pki.keys import public_key_der
@@ -40,6 +41,7 @@ log = logging.getLogger("netshield.cas")
 
 RevocationKind = Literal["instance", "service", "platform"]
 FEED_EVENTS = frozenset({"revoke", "policy.apply"})
+SERIAL_ATTEMPTS = 5  # a serial taken already (by this CAS or a replica): sign again
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +155,14 @@ class CasService:
         ca: CertificateAuthority,
         verifier: QuoteVerifier,
         nonce_ttl: timedelta = timedelta(seconds=30),
+        serials: Callable[[], int] = random_serial,
     ) -> None:
         self.store = store
         self.ca = ca
         self.verifier = verifier
         self.nonce_ttl = nonce_ttl
         self.feed = Feed()
+        self._serials = serials
         stored = store.current_policy()
         if stored is None:
             raise NetshieldError("the CAS state holds no policy yet", reason=Reason.POLICY_INVALID)
@@ -173,6 +177,25 @@ class CasService:
     @property
     def stored_policy(self) -> StoredPolicy:
         return self._stored
+
+    def refresh(self) -> int:
+        """Catch up with the other replicas of a shared database; the audit head's seq.
+
+        Checks the database against this replica's witness and witnesses its head
+        (StateError(STATE_ROLLED_BACK) if it went back), and takes a newer policy version that
+        another replica applied. A stored policy that does not parse keeps the current one.
+        """
+        head = self.store.observe()
+        stored = self.store.current_policy()
+        if stored is not None and stored.version > self._stored.version:
+            try:
+                policy = parse_policy(stored.text, source=f"policy version {stored.version}")
+            except ConfigError as err:
+                log.error("policy version %d not taken: %s", stored.version, err.one_line())
+            else:
+                self._stored, self._policy = stored, policy
+                log.warning("policy version %d taken from the database", stored.version)
+        return head.seq
 
     def trust_bundle_pem(self) -> bytes:
         return self.ca.bundle_pem()
@@ -235,31 +258,43 @@ class CasService:
         spiffe_id = SpiffeId.for_service(policy.trust_domain, request.service)
         epoch = policy.certificates.min_epoch
         version = self._stored.version
-        cert = issue_certificate(
-            self.ca,
-            public_key=csr.public_key(),
-            spiffe_id=spiffe_id,
-            now=now,
-            lifetime=policy.certificates.lifetime,
-            claims=AttestationClaims(
-                measurement=verified.measurement,
-                policy_version=version,
-                epoch=epoch,
-                platform_id=verified.platform_id,
-            ),
-        )
-        self.store.record_issued(
-            serial=cert.serial_number,
-            service=request.service,
-            platform_id=verified.platform_id,
+        claims = AttestationClaims(
             measurement=verified.measurement,
-            not_after=cert.not_valid_after_utc,
             policy_version=version,
             epoch=epoch,
-            now=now,
-            fingerprint=fingerprint(cert),
-            evidence_type=kind,
+            platform_id=verified.platform_id,
         )
+        for attempt in range(1, SERIAL_ATTEMPTS + 1):
+            cert = issue_certificate(
+                self.ca,
+                public_key=csr.public_key(),
+                spiffe_id=spiffe_id,
+                now=now,
+                lifetime=policy.certificates.lifetime,
+                claims=claims,
+                serial=self._serials(),
+            )
+            try:
+                self.store.record_issued(
+                    serial=cert.serial_number,
+                    service=request.service,
+                    platform_id=verified.platform_id,
+                    measurement=verified.measurement,
+                    not_after=cert.not_valid_after_utc,
+                    policy_version=version,
+                    epoch=epoch,
+                    now=now,
+                    fingerprint=fingerprint(cert),
+                    evidence_type=kind,
+                )
+                break
+            except SerialTaken:
+                log.warning("serial %x taken already (attempt %d)", cert.serial_number, attempt)
+        else:
+            raise NetshieldError(
+                f"no unused certificate serial in {SERIAL_ATTEMPTS} attempts",
+                reason=Reason.STATE_UNAVAILABLE,
+            )
         log.info(
             "attest allow service=%s evidence=%s platform=%s serial=%x measurement=%s",
             request.service,
@@ -351,7 +386,12 @@ def bootstrap_policy(
     parse_policy(text, source="--policy")
     current = store.current_policy()
     if current is None:
-        return store.apply_policy(text, previous_hash=None, now=now, actor=actor)
+        try:
+            return store.apply_policy(text, previous_hash=None, now=now, actor=actor)
+        except NetshieldError as err:  # a replica sharing the database applied one first
+            current = store.current_policy()
+            if err.reason is not Reason.POLICY_PREDECESSOR_MISMATCH or current is None:
+                raise
 
     if policy_hash(text) != current.hash:
         raise NetshieldError(

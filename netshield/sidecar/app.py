@@ -78,14 +78,17 @@ async def discover_trust_domain(config: SidecarConfig, stop: asyncio.Event) -> s
     attempt = 0
     while not stop.is_set():
         try:
-            async with CasClient(config.cas.url, ssl_context=ctx, timeout=10) as cas:
+            async with CasClient(config.cas.urls, ssl_context=ctx, timeout=10) as cas:
                 ready = await cas.ready()
             return str(ready["trust_domain"])
         except (CasUnreachable, KeyError, NetshieldError) as err:
             delay = backoff(attempt, rand=0.5).total_seconds()
             attempt += 1
             log.warning(
-                "CAS %s not reachable yet (%s); retrying in %.1f s", config.cas.url, err, delay
+                "CAS %s not reachable yet (%s); retrying in %.1f s",
+                ", ".join(config.cas.urls),
+                err,
+                delay,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -331,7 +334,7 @@ async def run_sidecar(
             else ssl.TLSVersion.TLSv1_3
         )
         agent = Agent(
-            config.cas.url,
+            config.cas.urls,
             config.cas.ca.read_bytes(),
             quoter,
             config.service,

@@ -63,8 +63,13 @@ _U32_MAX = 2**32 - 1
 
 @dataclass(frozen=True)
 class CasConfig:
-    url: str
+    urls: tuple[str, ...]  # one CAS, or the replicas of one CAS, tried in order
     ca: Path  # the mesh CA certificate (PEM): bootstrap trust for the CAS's TLS
+
+    @property
+    def url(self) -> str:
+        """The first (preferred) replica."""
+        return self.urls[0]
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,20 @@ class _Optional(Spec):
         return self.inner.check(value, path, problems)
 
 
+@dataclass(frozen=True)
+class _OneOrMore(Spec):
+    """One value, or a non-empty list of them (a CAS URL, or the URLs of its replicas)."""
+
+    item: Spec
+    expected: str = "a value or a list of them"
+
+    def check(self, value: object, path: str, problems: list[Problem]) -> Any:
+        if isinstance(value, list):
+            many = ListOf(self.item, expected=self.expected, non_empty=True)
+            return many.check(value, path, problems)
+        return [self.item.check(value, path, problems)]
+
+
 def _https_url_problem(value: str) -> str | None:
     example = "e.g. https://cas.internal:8443"
     if any(c.isspace() or not c.isprintable() for c in value):
@@ -282,6 +301,10 @@ def _https_url_problem(value: str) -> str | None:
 
 
 _PATH = PATH
+_CAS_URLS = _OneOrMore(
+    Str(expected="an https URL", validators=(_https_url_problem,)),
+    expected="an https URL, or a list of the URLs of the CAS's replicas",
+)
 _NAME = Str(expected="a service name", validators=(name_problem,))
 _U32 = Int(min=0, max=_U32_MAX)
 _PORT = Int(expected="a port (1-65535)", min=1, max=65535)
@@ -311,10 +334,7 @@ SIDECAR_SPEC = Record(
         "cas": Field(
             Record(
                 {
-                    "url": Field(
-                        Str(expected="an https URL", validators=(_https_url_problem,)),
-                        required=True,
-                    ),
+                    "url": Field(_CAS_URLS, required=True),
                     "ca": Field(_PATH, required=True),
                 },
                 expected="the CAS to attest at (a mapping with url and ca)",
@@ -650,7 +670,7 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
     admin, records, limits, renewal = doc["admin"], doc["records"], doc["limits"], doc["renewal"]
     return SidecarConfig(
         service=doc["service"],
-        cas=CasConfig(url=cas["url"], ca=_resolve(base_dir, cas["ca"])),
+        cas=CasConfig(urls=tuple(cas["url"]), ca=_resolve(base_dir, cas["ca"])),
         platform=PlatformConfig(
             socket=None if platform["socket"] is None else _resolve(base_dir, platform["socket"]),
             in_process=None

@@ -13,6 +13,9 @@ Contract every backend keeps:
   this process and in any other, so the chain stays one chain. It may run ``work`` more than
   once (a retried transaction), so ``work`` must have no effect outside ``tx``.
 - `Backend.read` runs ``work`` against one consistent view of committed rows.
+- A ``shared`` backend may be written by other processes (CAS replicas) at any time;
+  `Backend.wait_for_change` returns when one of them committed a chained write, or after
+  ``timeout`` seconds, whichever is first (it may also return early for no reason).
 - Calls after `Backend.close` raise ``RuntimeError("the CAS store is closed")``; close is
   idempotent.
 - Texts are stored as given: timestamps as `auditlog.rfc3339`, serials as `model.serial_hex`,
@@ -31,6 +34,10 @@ from netshield.cas.store.model import IssuedCert, Revocation, RevocationKind, St
 T = TypeVar("T")
 
 Layout = Literal["empty", "cas", "foreign"]
+
+# How a shared database serializes the writers of the audit chain (see `postgres`).
+ChainLock = Literal["advisory", "serializable"]
+CHAIN_LOCKS: tuple[ChainLock, ...] = ("advisory", "serializable")
 
 
 class StateTx(Protocol):
@@ -62,6 +69,10 @@ class StateTx(Protocol):
 
     def audit_head(self) -> tuple[int, str] | None:
         """``(seq, hash)`` of the newest entry, None for an empty log."""
+        ...
+
+    def entry_hash(self, seq: int) -> str | None:
+        """The stored hash of entry ``seq``, None if there is no such row."""
         ...
 
     # --- nonces (stored as digests; see `model.nonce_digest`)
@@ -131,6 +142,13 @@ class Backend(Protocol):
     def restore_advice(self) -> str:
         """What an operator restores after a rollback, as the end of a sentence."""
         ...
+
+    @property
+    def shared(self) -> bool:
+        """True if other processes may write this database while it is open."""
+        ...
+
+    def wait_for_change(self, timeout: float) -> None: ...
 
     def read(self, work: Callable[[StateTx], T]) -> T: ...
 

@@ -19,15 +19,19 @@ Guarantees (AM7.1, disk rollback), whatever the backend (the checks are in `roll
 - No key material is stored: nonces are kept as SHA-256 digests; certificates only by serial,
   fingerprint and claims.
 
-Concurrency: every audited mutation holds one re-entrant lock for its whole duration
-(transaction and counter write included), so the asyncio thread and worker threads may call
-it concurrently and see serialized effects and a counter that only moves forward. Nonce calls
-and reads need only the backend. Mutating calls fsync the counter; call them from a worker
-thread if that matters.
+Concurrency: with a backend of its own (SQLite), every audited mutation holds one re-entrant
+lock for its whole duration (transaction and counter write included), so the asyncio thread
+and worker threads may call it concurrently and see serialized effects and a counter that only
+moves forward. With a shared backend (PostgreSQL, several replicas) the backend serializes the
+chain and the counter is a witness (`MonotonicCounter.witness`): it keeps the newest head this
+replica wrote or saw (`CasStore.observe`), so mutations run concurrently. Nonce calls and reads
+need only the backend. Mutating calls fsync the counter; call them from a worker thread if
+that matters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import threading
@@ -44,7 +48,7 @@ from netshield.cas.counter import (
     MonotonicCounter,
     default_counter_path,
 )
-from netshield.cas.store.backend import Backend, StateTx
+from netshield.cas.store.backend import Backend, ChainLock, StateTx
 from netshield.cas.store.model import (
     EV_ADOPT,
     EV_ALLOW,
@@ -59,18 +63,20 @@ from netshield.cas.store.model import (
     IssuedCert,
     Revocation,
     RevocationKind,
+    SerialTaken,
     StoredPolicy,
     nonce_digest,
     parse_serial,
     policy_text_hash,
     serial_hex,
+    state_error,
 )
 from netshield.cas.store.rollback import (
     check_meta,
     check_on_open,
     mark_state,
     refuse_unexpected_layout,
-    verify_backend,
+    snapshot_audit,
 )
 from netshield.cas.store.sqlite import SqliteBackend
 from netshield.errors import NetshieldError
@@ -89,7 +95,9 @@ class CasStore:
         self.backend = backend
         self.state_id = state_id
         self._counter = counter
-        self._lock = threading.RLock()
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if backend.shared else threading.RLock()
+        )
 
     def __repr__(self) -> str:
         return f"CasStore({self.backend.home!r}, state_id={self.state_id!r})"
@@ -105,17 +113,29 @@ class CasStore:
         cls,
         state_dir: Path,
         *,
+        database: str | None = None,
+        password: str | None = None,
+        chain_lock: ChainLock = "advisory",
         counter: MonotonicCounter | None = None,
         adopt_counter: bool = False,
         now: datetime | None = None,
     ) -> CasStore:
-        """Open (or create) the SQLite state in ``state_dir``; StateError if it cannot be trusted.
+        """Open (or create) the state; StateError if it cannot be trusted.
 
-        ``now`` stamps the audit entries open may write (creation, counter adoption); it
-        defaults to the clock, since opening is I/O anyway.
+        Without ``database``: the SQLite state in ``state_dir``, held by this process. With a
+        ``postgresql://`` URL: the state in that database, shared with other replicas
+        (``password`` overrides libpq's PGPASSWORD and .pgpass; ``chain_lock`` is how the
+        audit chain is serialized, see `postgres`). ``now`` stamps the audit entries open may
+        write (creation, counter adoption); it defaults to the clock, since opening is I/O.
         """
         when = now if now is not None else datetime.now(UTC)
-        backend = SqliteBackend.open(Path(state_dir))
+        backend: Backend
+        if database is None:
+            backend = SqliteBackend.open(Path(state_dir))
+        else:
+            from netshield.cas.store.postgres import PostgresBackend
+
+            backend = PostgresBackend.open(database, password=password, chain_lock=chain_lock)
         try:
             return cls.attach(backend, counter=counter, adopt_counter=adopt_counter, now=when)
         except BaseException:
@@ -174,7 +194,45 @@ class CasStore:
 
     def _witness(self, entry: AuditEntry | None) -> None:
         value = CounterValue(0, GENESIS) if entry is None else CounterValue(entry.seq, entry.hash)
-        self._counter.advance(value)
+        if self.backend.shared:
+            self._counter.witness(value)
+        else:
+            self._counter.advance(value)
+
+    def observe(self) -> CounterValue:
+        """Check the database against this replica's witness and witness its head; the head.
+
+        StateError(STATE_ROLLED_BACK) if the database no longer holds the entry the counter
+        recorded (it was restored from an older dump, or replaced) while this CAS runs.
+        """
+        value = self._counter.read()
+        seq = 0 if value is None else value.seq
+        head, witnessed = self.backend.read(lambda tx: (tx.audit_head(), tx.entry_hash(seq)))
+        if value is not None and value.seq > 0:
+            problem = None
+            if head is None or head[0] < value.seq:
+                problem = (
+                    f"{self.backend.location} is at audit entry {0 if head is None else head[0]} "
+                    f"but this replica's monotonic counter {self.counter_path} says {value.seq}"
+                )
+            elif witnessed != value.head:
+                problem = (
+                    f"audit entry {value.seq} in {self.backend.location} is not the one this "
+                    f"replica's monotonic counter {self.counter_path} recorded"
+                )
+            if problem:
+                raise state_error(
+                    f"{problem}: the database was rolled back or replaced while the CAS ran; "
+                    f"{self.backend.restore_advice}",
+                    hint=Reason.STATE_ROLLED_BACK.info.hint,
+                    reason=Reason.STATE_ROLLED_BACK,
+                )
+        if head is None:
+            return CounterValue(0, GENESIS)
+        current = CounterValue(*head)
+        if self.backend.shared:
+            self._counter.witness(current)
+        return current
 
     def _append_audited(self, event: str, data: Mapping[str, Any], *, now: datetime) -> AuditEntry:
         with self._lock:
@@ -285,7 +343,11 @@ class CasStore:
         evidence_type: str | None = None,
     ) -> None:
         """Record an issued certificate; audited as ``attest.allow`` (with the evidence type
-        when it is hardware evidence, so entries of the simulated platform read as before)."""
+        when it is hardware evidence, so entries of the simulated platform read as before).
+
+        `SerialTaken` (nothing written) if a certificate with ``serial`` was recorded already,
+        by this CAS or by any replica sharing its database: the caller issues another.
+        """
         cert = IssuedCert(
             serial,
             service,
@@ -311,6 +373,8 @@ class CasStore:
             data["evidence_type"] = evidence_type
 
         def work(tx: StateTx) -> AuditEntry:
+            if tx.issued(cert.serial_hex) is not None:
+                raise SerialTaken(f"certificate serial {cert.serial_hex} was issued already")
             tx.insert_issued(cert)
             return _append(tx, EV_ALLOW, data, now)
 
@@ -436,16 +500,16 @@ class CasStore:
     ) -> tuple[list[AuditEntry], CounterValue, list[str]]:
         """Entries after `since`, the head and the verification, all from one moment.
 
-        Read under the store lock, which every mutation holds through its commit and its counter
-        advance, so a concurrent attestation cannot make the head and the entries disagree.
+        The counter is read first and the rows in one snapshot after it: every entry the
+        counter witnessed was committed before, so a concurrent attestation (here or at another
+        replica) cannot make the head, the entries and the counter disagree.
         """
         with self._lock:
-            return self.audit_entries(since, limit), self.audit_head(), self.verify_audit()
+            return snapshot_audit(self.backend, self._counter, since, limit)
 
     def verify_audit(self) -> list[str]:
         """Every problem with the log, its agreement with the rows and with the counter."""
-        with self._lock:
-            return verify_backend(self.backend, self._counter)
+        return self.audit_snapshot(0, 0)[2]
 
 
 def _create(tx: StateTx, state_id: str, now: datetime) -> bool:

@@ -80,6 +80,10 @@ class Revocation:
     note: str = ""
 
 
+class SerialTaken(NetshieldError):
+    """A certificate with this serial was recorded already: the caller picks another serial."""
+
+
 def serial_hex(serial: int) -> str:
     """The stored form of a certificate serial: lower-case hex, no prefix, no leading zeros."""
     if serial < 0:

@@ -6,7 +6,7 @@ refuses the state with one sentence (`AUDIT_CHAIN_BROKEN` for an edited log or r
 `STATE_ROLLED_BACK` for a log behind or beside its witness). `refuse_unexpected_layout` and
 `mark_state` keep a record outside the database that a location held a state, so that a
 deleted database is not silently replaced by a new, empty one. `verify_state` and
-`read_audit_offline` read a SQLite state directory without writing anything, for the CLI.
+`read_audit_offline` read a state without writing anything, for the CLI.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from netshield.cas.auditlog import AuditEntry, verify_chain
+from netshield.cas.auditlog import GENESIS, AuditEntry, verify_chain
 from netshield.cas.counter import (
     CounterValue,
     MonotonicCounter,
@@ -137,31 +137,74 @@ def check_on_open(
     return None
 
 
-def verify_backend(backend: Backend, counter: MonotonicCounter) -> list[str]:
-    """Every problem with the log in ``backend``, with its rows and with ``counter``."""
-    rows = backend.read(lambda tx: tx.state_rows())
-    entries, problems = load_entries(rows.audit)
+def snapshot_audit(
+    backend: Backend, counter: MonotonicCounter, since: int = 0, limit: int | None = None
+) -> tuple[list[AuditEntry], CounterValue, list[str]]:
+    """Entries after ``since`` (at most ``limit``), the head and every problem, at one moment.
+
+    Problems: rows that are not entries, a broken chain, rows that disagree with the log, and a
+    log behind or beside ``counter``. The counter is read before the rows' snapshot, so
+    entries witnessed by a concurrent writer are always in it.
+    """
+    counter_problems: list[str] = []
     try:
         value = counter.read()
     except StateError as exc:
-        problems.append(str(exc))
+        counter_problems.append(str(exc))
         value = None
     else:
         if value is None:
-            problems.append(f"the monotonic counter {counter.path} is missing")
-    head = None if value is None else (value.seq, value.head)
-    problems += verify_chain(entries, expected_head=head)
+            counter_problems.append(f"the monotonic counter {counter.path} is missing")
+    selected, head, rows = backend.read(
+        lambda tx: (tx.audit_entries(since, limit), tx.audit_head(), tx.state_rows())
+    )
+    entries, problems = load_entries(rows.audit)
+    problems += counter_problems
+    expected = None if value is None else (value.seq, value.head)
+    problems += verify_chain(entries, expected_head=expected)
     problems += rows_problems(rows, entries)
-    return problems
+    return selected, CounterValue(*head) if head else CounterValue(0, GENESIS), problems
 
 
-def verify_state(state_dir: Path, counter_path: Path | None = None) -> list[str]:
-    """Problems with the state in ``state_dir`` (empty if intact), for the CLI's offline check.
+def verify_backend(backend: Backend, counter: MonotonicCounter) -> list[str]:
+    """Every problem with the log in ``backend``, with its rows and with ``counter``."""
+    return snapshot_audit(backend, counter, 0, 0)[2]
 
-    Opens the database read-only and never writes anything: no lock, no counter update.
+
+def open_read_only(
+    state_dir: Path, *, database: str | None = None, password: str | None = None
+) -> Backend:
+    """The state's database for reading only: SQLite in ``state_dir``, or the PostgreSQL URL.
+
+    StateError naming the database if it holds no CAS state.
+    """
+    if database is None:
+        return SqliteBackend.open_read_only(state_dir)
+    from netshield.cas.store.postgres import PostgresBackend
+
+    backend = PostgresBackend.open(database, password=password, pool_size=1)
+    try:
+        if backend.read(lambda tx: tx.layout()) != "cas":
+            raise state_error(f"{backend.location} holds no CAS state")
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
+def verify_state(
+    state_dir: Path,
+    counter_path: Path | None = None,
+    *,
+    database: str | None = None,
+    password: str | None = None,
+) -> list[str]:
+    """Problems with the state (empty if intact), for the CLI's offline check.
+
+    Reads the database only and never writes anything: no lock, no counter update.
     """
     try:
-        backend = SqliteBackend.open_read_only(state_dir)
+        backend = open_read_only(state_dir, database=database, password=password)
         try:
             state_id = check_meta(backend)
             path = counter_path if counter_path is not None else default_counter_path(state_id)
@@ -173,15 +216,19 @@ def verify_state(state_dir: Path, counter_path: Path | None = None) -> list[str]
 
 
 def read_audit_offline(
-    state_dir: Path, counter: MonotonicCounter | None = None
+    state_dir: Path,
+    counter: MonotonicCounter | None = None,
+    *,
+    database: str | None = None,
+    password: str | None = None,
 ) -> tuple[list[AuditEntry], CounterValue | None, Path]:
     """The whole audit log, the counter's value (None if missing) and the counter's path.
 
-    Read-only like `verify_state` (no lock, no writes); StateError naming the file if the
-    database or the counter cannot be read. Rows that are not entries at all are skipped here;
+    Read-only like `verify_state` (no lock, no writes); StateError naming the database if it
+    or the counter cannot be read. Rows that are not entries at all are skipped here;
     `verify_state` reports them.
     """
-    backend = SqliteBackend.open_read_only(state_dir)
+    backend = open_read_only(state_dir, database=database, password=password)
     try:
         state_id = check_meta(backend)
         entries, _problems = load_entries(backend.read(lambda tx: tx.state_rows()).audit)

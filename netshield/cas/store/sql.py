@@ -133,6 +133,10 @@ class SqlStateTx:
         row = self._one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         return None if row is None else (int(row[0]), str(row[1]))
 
+    def entry_hash(self, seq: int) -> str | None:
+        row = self._one("SELECT hash FROM audit WHERE seq = ?", (seq,))
+        return None if row is None else str(row[0])
+
     # --- nonces
     def prune_nonces(self, expired_before: str) -> None:
         self._run("DELETE FROM nonces WHERE expires_at < ?", (expired_before,))

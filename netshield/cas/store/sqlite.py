@@ -17,6 +17,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from contextlib import suppress
@@ -118,6 +119,13 @@ class SqliteBackend:
     @property
     def restore_advice(self) -> str:
         return RESTORE_ADVICE
+
+    @property
+    def shared(self) -> bool:
+        return False  # the flock keeps every other process out
+
+    def wait_for_change(self, timeout: float) -> None:
+        time.sleep(timeout)  # nobody else writes: nothing to wait for
 
     @classmethod
     def open(cls, state_dir: Path) -> SqliteBackend:

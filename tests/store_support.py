@@ -1,0 +1,131 @@
+"""The two kinds of CAS database the store's behaviour tests run against, behind one helper.
+
+`Backing` opens a `CasStore` on a SQLite state directory or on a fresh schema of the session's
+throwaway PostgreSQL cluster, gives raw access to the tables (as an adversary with database
+access would have), and saves and restores a copy (a copied directory, or ``pg_dump`` and
+``psql``: a database restored from an older dump).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from netshield.cas.counter import MonotonicCounter
+from netshield.cas.store import CasStore
+from tests.pg_support import PgCluster
+
+
+class RawPg:
+    """A psycopg connection that takes the tests' ``?`` placeholders."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._conn.execute(sql.replace("?", "%s"), params)  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class Backing:
+    kind: str
+    root: Path
+    cluster: PgCluster | None = None
+    schema: str = ""
+    _saved: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def url(self) -> str:
+        assert self.cluster is not None
+        return self.cluster.url() + f"?options=-csearch_path%3D{self.schema}"
+
+    @property
+    def location(self) -> str:
+        """How the store names its database in sentences."""
+        if self.kind == "sqlite":
+            return str(self.state_dir / "cas.db")
+        assert self.cluster is not None
+        return (
+            f"postgresql://netshield@127.0.0.1:{self.cluster.port}/postgres "
+            f"(options -csearch_path={self.schema})"
+        )
+
+    def open(
+        self,
+        *,
+        now: datetime,
+        counter: MonotonicCounter | None = None,
+        adopt_counter: bool = False,
+        chain_lock: str = "advisory",
+    ) -> CasStore:
+        if self.kind == "sqlite":
+            return CasStore.open(
+                self.state_dir, counter=counter, adopt_counter=adopt_counter, now=now
+            )
+        assert self.cluster is not None
+        return CasStore.open(
+            self.state_dir,
+            database=self.url,
+            password=self.cluster.password,
+            chain_lock=chain_lock,  # type: ignore[arg-type]
+            counter=counter,
+            adopt_counter=adopt_counter,
+            now=now,
+        )
+
+    def raw(self) -> sqlite3.Connection | RawPg:
+        if self.kind == "sqlite":
+            return sqlite3.connect(self.state_dir / "cas.db", isolation_level=None)
+        assert self.cluster is not None
+        conn = psycopg.connect(
+            self.cluster.url(),
+            password=self.cluster.password,
+            autocommit=True,
+            options=f"-csearch_path={self.schema}",
+        )
+        return RawPg(conn)
+
+    def save(self, name: str) -> None:
+        """Keep a copy of the database as it is now (a backup, an old dump)."""
+        target = self.root / f"saved-{name}"
+        if self.kind == "sqlite":
+            shutil.copytree(self.state_dir, target)
+        else:
+            assert self.cluster is not None
+            self.cluster.tool("pg_dump", "-d", "postgres", "-n", self.schema, "-f", str(target))
+        self._saved[name] = target
+
+    def restore(self, name: str) -> None:
+        """Replace the database by the saved copy (the adversary's disk rollback)."""
+        saved = self._saved[name]
+        if self.kind == "sqlite":
+            shutil.rmtree(self.state_dir)
+            shutil.copytree(saved, self.state_dir)
+        else:
+            assert self.cluster is not None
+            self.cluster.psql(f'DROP SCHEMA "{self.schema}" CASCADE')
+            self.cluster.tool(
+                "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f", str(saved)
+            )
+
+    def delete(self) -> None:
+        """Delete the database (files, or every table of the schema)."""
+        if self.kind == "sqlite":
+            for p in self.state_dir.glob("cas.db*"):
+                p.unlink()
+        else:
+            assert self.cluster is not None
+            self.cluster.psql(f'DROP SCHEMA "{self.schema}" CASCADE; CREATE SCHEMA "{self.schema}"')
