@@ -91,9 +91,13 @@ def test_install_applies_exactly_the_rules_show_prints(ns: Netns, backend: str) 
     out = ns.netshield("install", *SPEC, "--backend", backend).stdout
     assert f"installed capture rules ({backend}, IPv4 and IPv6)" in out
     for family in (4, 6):
-        table = parse_save(ns.save(backend, family))
-        assert sorted(f"-A {c} {r}" for c, r in table.rules) == sorted(shown[family])
+        nat = parse_save(ns.save(backend, family))
+        egress = parse_save(ns.save(backend, family, table="filter"), "filter")  # strict mode
+        installed = [f"-A {c} {r}" for c, r in (*nat.rules, *egress.rules)]
+        assert sorted(installed) == sorted(shown[family])
+        assert "-A NETSHIELD_EGRESS -j DROP" in installed
     assert "-A NETSHIELD_OUTPUT -m owner --uid-owner 1337 -j RETURN" in shown[4]
+    assert "-A NETSHIELD_EGRESS -m owner --uid-owner 1337 -j RETURN" in shown[6]
     assert "-A NETSHIELD_OUTPUT -o lo -j RETURN" in shown[6]
 
 

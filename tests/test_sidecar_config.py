@@ -315,12 +315,46 @@ def test_outbound_needs_exactly_one_of_listen_and_unix() -> None:
     assert "not both" in found["outbound[1].unix"]
 
 
-def test_allowed_uids_only_on_unix_listeners() -> None:
-    found = problems(
-        doc_with(outbound=[{"service": "orders", "listen": "127.0.0.1:1", "allowed_uids": [1]}])
-    )
-    assert "only checked on unix listeners" in found["outbound[0].allowed_uids"]
-    parse(doc_with(outbound=[{"service": "orders", "unix": "o.sock", "allowed_uids": [1]}]))
+def test_allowed_uids_apply_to_tcp_and_unix_listeners() -> None:
+    tcp = {"service": "orders", "listen": "127.0.0.1:1", "allowed_uids": [1]}
+    assert parse(doc_with(outbound=[tcp])).outbound[0].allowed_uids == {1}
+    unix = {"service": "orders", "unix": "o.sock", "allowed_uids": [1]}
+    assert parse(doc_with(outbound=[unix])).outbound[0].allowed_uids == {1}
+
+
+def test_unix_socket_owner_group_and_mode() -> None:
+    out = {"service": "orders", "unix": "o.sock"}
+    default = parse(doc_with(outbound=[out])).outbound[0]
+    assert (default.unix_owner, default.unix_group, default.unix_mode) == (None, None, 0o660)
+    named = {**out, "unix_owner": "root", "unix_group": 0, "unix_mode": "0600"}
+    chosen = parse(doc_with(outbound=[named])).outbound[0]
+    assert (chosen.unix_owner, chosen.unix_group, chosen.unix_mode) == (0, 0, 0o600)
+    assert parse(doc_with(outbound=[{**out, "unix_mode": 0o640}])).outbound[0].unix_mode == 0o640
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "says"),
+    [
+        ({"unix_owner": "no-such-user-here"}, "unix_owner", "no user named"),
+        ({"unix_group": "no-such-group-here"}, "unix_group", "no group named"),
+        ({"unix_mode": "0999"}, "unix_mode", "octal"),
+        ({"unix_mode": "01777"}, "unix_mode", "octal"),
+        ({"unix_mode": "0666"}, "unix_mode", "lets every local user connect"),
+    ],
+)
+def test_bad_unix_socket_settings_are_refused_by_key_path(
+    extra: dict[str, object], key: str, says: str
+) -> None:
+    found = problems(doc_with(outbound=[{"service": "orders", "unix": "o.sock", **extra}]))
+    assert says in found[f"outbound[0].{key}"]
+
+
+def test_unix_settings_on_a_tcp_listener_and_the_world_writable_twin() -> None:
+    tcp = {"service": "orders", "listen": "127.0.0.1:1", "unix_owner": 0}
+    assert "unix listeners only" in problems(doc_with(outbound=[tcp]))["outbound[0].unix_owner"]
+    # world-writable is fine once allowed_uids says who may call
+    ok = {"service": "orders", "unix": "o.sock", "unix_mode": "0666", "allowed_uids": [1]}
+    assert parse(doc_with(outbound=[ok])).outbound[0].unix_mode == 0o666
 
 
 def test_unix_socket_path_over_the_kernel_limit_is_refused() -> None:

@@ -1,8 +1,8 @@
 """Apply, remove and read the capture rules with the real iptables tools.
 
 Responsibility: pick the backend (iptables-nft or iptables-legacy, for IPv4 and IPv6), read the
-nat table with ``*-save -t nat``, and feed the scripts of `netshield.capture.iptables` to
-``*-restore --noflush`` (one atomic transaction per family).
+tables with ``*-save``, and feed the scripts of `netshield.capture.iptables` (nat, and filter
+for the strict egress filter) to ``*-restore --noflush`` (one atomic transaction per family).
 
 Guarantees: a failure is a `CaptureError` with one line that names the command and what it said
 (a missing tool, missing privileges, a kernel without the nat table); nothing is applied for a
@@ -19,6 +19,7 @@ from typing import Literal
 
 from netshield.capture.iptables import (
     CREATED,
+    TABLES,
     NatTable,
     install_script,
     parse_save,
@@ -145,32 +146,54 @@ def family_available(tools: Tools) -> bool:
     return True
 
 
-def _table(tools: Tools) -> NatTable:
+def _tables(tools: Tools, *, counters: bool = False) -> dict[str, NatTable]:
+    text = _run([tools.save, "-c"]) if counters else current(tools)
     try:
-        return parse_save(current(tools))
+        return {name: parse_save(text, name) for name in TABLES}
     except ValueError as err:
         raise CaptureError(f"{tools.save}: cannot read its output ({err})") from None
 
 
+def _table(tools: Tools) -> NatTable:
+    return _tables(tools)["nat"]
+
+
+def tables(tools: Tools, *, counters: bool = False) -> dict[str, NatTable]:
+    """The nat and filter tables as they are now (with packet counters if asked)."""
+    return _tables(tools, counters=counters)
+
+
 def install(spec: CaptureSpec, tools: Tools) -> bool:
-    """Install (or replace) the rules; True if netshield rules were there before."""
-    table = _table(tools)
-    _run([tools.restore, "--noflush"], install_script(table, spec, tools.family))
-    return table.installed
+    """Install (or replace) the rules of both tables in one restore; True if netshield rules
+    were there before."""
+    now = _tables(tools)
+    scripts = [install_script(now[name], spec, tools.family) for name in TABLES]
+    _run([tools.restore, "--noflush"], "".join(s for s in scripts if s))
+    _drop_created(tools, now)
+    return any(t.installed for t in now.values())
 
 
 def remove(tools: Tools) -> bool:
-    """Remove netshield's rules; True if there were any. A nat table that netshield's install
-    created (iptables-nft makes tables on demand) is deleted again when it is left empty."""
-    table = _table(tools)
-    script = remove_script(table)
-    if script is None:
+    """Remove netshield's rules from both tables; True if there were any. A table that
+    netshield's install created (iptables-nft makes tables on demand) is deleted again when it
+    is left empty."""
+    now = _tables(tools)
+    scripts = [remove_script(now[name]) for name in TABLES]
+    if not any(scripts):
         return False
-    _run([tools.restore, "--noflush"], script)
-    created = CREATED in table.chains and tools.backend == "iptables-nft"
-    if created and shutil.which("nft") and _table(tools).empty:
-        _run(["nft", "delete", "table", "ip6" if tools.family == 6 else "ip", "nat"])
+    _run([tools.restore, "--noflush"], "".join(s for s in scripts if s))
+    _drop_created(tools, now)
     return True
+
+
+def _drop_created(tools: Tools, before: dict[str, NatTable]) -> None:
+    """Delete the tables netshield created that are empty now (iptables-nft only)."""
+    if tools.backend != "iptables-nft" or not shutil.which("nft"):
+        return
+    after = _tables(tools)
+    for name, table in before.items():
+        if CREATED in table.chains and after[name].present and after[name].empty:
+            _run(["nft", "delete", "table", "ip6" if tools.family == 6 else "ip", name])
 
 
 __all__ = [
@@ -183,4 +206,5 @@ __all__ = [
     "family_available",
     "install",
     "remove",
+    "tables",
 ]

@@ -3,20 +3,24 @@
 Responsibility: turn the operator's words (``8080,9000-9010``, ``*``, ``10.0.0.0/8,fd00::/8``,
 uid numbers or user names already resolved) into one frozen value the rule generator reads.
 
-Guarantees: `parse_ports` and `parse_cidrs` return a value or raise ValueError with one line that
-names the bad item; they never raise anything else, whatever the text. `CaptureSpec.problems`
+Guarantees: `parse_ports`, `parse_cidrs`, `parse_ips`, `parse_udp_endpoints` and `nameservers`
+return a value or raise ValueError with one line that names the bad item; they never raise
+anything else, whatever the text. `CaptureSpec.problems`
 lists every inconsistency (no proxy uid/gid would make the sidecar capture its own connections:
 a loop) so the command line can refuse before touching the tables.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Family = Literal[4, 6]
+Egress = Literal["strict", "permissive"]
 ALL: Literal["*"] = "*"
 """Every port / every address."""
 
@@ -108,6 +112,61 @@ def parse_cidrs(text: str, *, allow_all: bool = True) -> Cidrs:
     return tuple(sorted(set(result), key=lambda n: (n.version, n)))
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class UdpEndpoint:
+    """A UDP destination non-TCP egress may reach in strict mode (an address and one port)."""
+
+    address: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}"
+
+
+def parse_ips(text: str) -> tuple[IPAddress, ...]:
+    """A comma list of IPv4 and IPv6 addresses (``10.96.0.10,fd00::a``); empty text: none."""
+    result: list[IPAddress] = []
+    for item in _items(text.strip(), "addresses"):
+        try:
+            result.append(ipaddress.ip_address(item.removeprefix("[").removesuffix("]")))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+    return tuple(sorted(set(result), key=lambda a: (a.version, a)))
+
+
+def parse_udp_endpoints(text: str) -> tuple[UdpEndpoint, ...]:
+    """A comma list of ``ip:port`` (IPv6 as ``[addr]:port``), e.g. ``10.0.0.5:123,[fd00::5]:123``."""
+    result: list[UdpEndpoint] = []
+    for item in _items(text.strip(), "UDP destinations"):
+        host, sep, port_text = item.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{item!r} is not ip:port (IPv6 as [addr]:port)")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"{item!r}: an IPv6 address goes in brackets ([addr]:port)")
+        try:
+            address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+            port = _port(port_text)
+        except ValueError as err:
+            raise ValueError(f"{item!r}: {err}") from None
+        result.append(UdpEndpoint(address, port))
+    return tuple(sorted(set(result), key=lambda e: (e.address.version, e)))
+
+
+def nameservers(resolv_conf: str) -> tuple[IPAddress, ...]:
+    """The `nameserver` addresses of a resolv.conf text, loopback ones left out (loopback
+    traffic never leaves the namespace, so it needs no exception); scope ids are dropped."""
+    found: list[IPAddress] = []
+    for line in resolv_conf.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                address = ipaddress.ip_address(words[1].split("%", 1)[0])
+                if not address.is_loopback:
+                    found.append(address)
+    return tuple(sorted(set(found), key=lambda a: (a.version, a)))
+
+
 def format_ports(ports: Ports) -> str:
     return ports if ports == ALL else ",".join(str(p) for p in ports)
 
@@ -123,7 +182,10 @@ class CaptureSpec:
     Outbound: TCP the namespace opens goes to `outbound_port`, except traffic of `proxy_uids` /
     `proxy_gids` (the sidecar itself), loopback, `exclude_*`, and what `outbound_ports` /
     `include_cidrs` do not select. Inbound: TCP arriving for `inbound_ports` (minus
-    `exclude_inbound_ports`) goes to `inbound_port`.
+    `exclude_inbound_ports`) goes to `inbound_port`. With `egress` strict, nothing but TCP leaves
+    the namespace (the filter table drops and counts the rest, IPv4 and IPv6), except the
+    sidecar's own traffic, loopback, IPv6 neighbour discovery, DNS (UDP and TCP port 53) to
+    `dns_servers` and UDP to `allow_udp`.
     """
 
     proxy_uids: tuple[int, ...] = ()
@@ -136,6 +198,9 @@ class CaptureSpec:
     exclude_outbound_ports: tuple[PortRange, ...] = ()
     include_cidrs: Cidrs = ALL
     exclude_cidrs: tuple[IPNetwork, ...] = ()
+    egress: Egress = "permissive"
+    dns_servers: tuple[IPAddress, ...] = ()
+    allow_udp: tuple[UdpEndpoint, ...] = ()
 
     def problems(self) -> list[str]:
         """Every reason this spec must not be installed, as `--option: what is wrong` lines."""
@@ -163,7 +228,15 @@ class CaptureSpec:
                     found.append(
                         f"--inbound-ports: {port} is a capture port; redirecting it would loop"
                     )
+        if self.egress != "strict" and (self.dns_servers or self.allow_udp):
+            found.append(
+                "--allow-dns/--allow-udp: only strict mode filters non-TCP egress (--mode strict)"
+            )
         return found
+
+    def of_family(self, family: Family, items: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+        """The addresses of one family."""
+        return tuple(a for a in items if a.version == family)
 
     def cidrs(self, family: Family, which: Cidrs) -> Cidrs:
         """`which` restricted to one address family (``*`` stays ``*``)."""
@@ -178,12 +251,18 @@ __all__ = [
     "DEFAULT_OUTBOUND_PORT",
     "CaptureSpec",
     "Cidrs",
+    "Egress",
     "Family",
+    "IPAddress",
     "IPNetwork",
     "PortRange",
     "Ports",
+    "UdpEndpoint",
     "format_cidrs",
     "format_ports",
+    "nameservers",
     "parse_cidrs",
+    "parse_ips",
     "parse_ports",
+    "parse_udp_endpoints",
 ]

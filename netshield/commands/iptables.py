@@ -1,11 +1,14 @@
-"""`netshield iptables install|remove|show`: the NAT rules a sidecar needs for transparent capture.
+"""`netshield iptables install|remove|show`: the rules a sidecar needs for transparent capture.
 
 Like Istio's init container, run it once in the service's network namespace (as root, or with
 CAP_NET_ADMIN) before the service starts. `install` redirects the namespace's outbound TCP to the
 sidecar's outbound capture port (except the sidecar's own uid/gid and loopback) and inbound TCP
-for the service's ports to the inbound capture port; it is idempotent. `remove` takes out exactly
-what `install` added. `show` prints the rules without applying them (no privileges needed), or
-with `--installed` what netshield has in the tables now.
+for the service's ports to the inbound capture port; in strict mode (`--mode strict`, the
+default, as the sidecar's `transparent.mode`) it also drops and counts every non-TCP packet that
+would leave the namespace, IPv4 and IPv6, except DNS to the named resolvers (`--allow-dns`, by
+default the nameservers of /etc/resolv.conf) and `--allow-udp`. It is idempotent. `remove` takes
+out exactly what `install` added. `show` prints the rules without applying them (no privileges
+needed), or with `--installed` what netshield has in the tables now and what it dropped.
 """
 
 from __future__ import annotations
@@ -13,28 +16,33 @@ from __future__ import annotations
 import argparse
 import grp
 import pwd
+from pathlib import Path
 from typing import Any
 
 from netshield.capture.apply import (
     BACKENDS,
     CaptureError,
     Tools,
-    current,
     detect_backend,
     family_available,
     install,
     remove,
+    tables,
 )
-from netshield.capture.iptables import parse_save, ruleset
+from netshield.capture.iptables import TABLES, egress_drops, ruleset
 from netshield.capture.spec import (
     DEFAULT_INBOUND_PORT,
     DEFAULT_OUTBOUND_PORT,
     CaptureSpec,
     Family,
+    IPAddress,
     format_cidrs,
     format_ports,
+    nameservers,
     parse_cidrs,
+    parse_ips,
     parse_ports,
+    parse_udp_endpoints,
 )
 from netshield.errors import UsageError
 
@@ -72,6 +80,26 @@ def spec_from_args(args: argparse.Namespace) -> CaptureSpec:
         except ValueError as err:
             raise _usage(f"{option}: {err}") from None
 
+    def dns(text: str) -> tuple[IPAddress, ...]:
+        if args.mode != "strict":
+            return ()
+        if text.strip() == "auto":
+            try:
+                return nameservers(Path(args.resolv_conf).read_text(errors="replace"))
+            except OSError as err:
+                raise _usage(
+                    f"--allow-dns auto: cannot read {args.resolv_conf} ({err.strerror or err}); "
+                    "name the resolvers (--allow-dns 10.96.0.10) or give --allow-dns ''"
+                ) from None
+        try:
+            return parse_ips(text)
+        except ValueError as err:
+            raise _usage(f"--allow-dns: {err}") from None
+
+    try:
+        allow_udp = parse_udp_endpoints(args.allow_udp)
+    except ValueError as err:
+        raise _usage(f"--allow-udp: {err}") from None
     spec = CaptureSpec(
         proxy_uids=tuple(
             sorted({_id(u, "--proxy-uid", pwd.getpwnam, "user") for u in args.proxy_uid or ()})
@@ -91,6 +119,9 @@ def spec_from_args(args: argparse.Namespace) -> CaptureSpec:
         ),
         include_cidrs=cidrs("--include-cidrs", args.include_cidrs),
         exclude_cidrs=cidrs("--exclude-cidrs", args.exclude_cidrs, allow_all=False),
+        egress=args.mode,
+        dns_servers=dns(args.allow_dns),
+        allow_udp=allow_udp,
     )
     problems = spec.problems()
     if problems:
@@ -123,7 +154,14 @@ def describe(spec: CaptureSpec) -> str:
             )
             + f" -> :{spec.inbound_port}"
         )
-    return f"{outbound}; {inbound}"
+    if spec.egress == "strict":
+        allowed = [f"DNS to {a}" for a in spec.dns_servers] + [
+            f"UDP to {e}" for e in spec.allow_udp
+        ]
+        egress = "non-TCP egress dropped" + (f" except {', '.join(allowed)}" if allowed else "")
+    else:
+        egress = "non-TCP egress not filtered (permissive)"
+    return f"{outbound}; {inbound}; {egress}"
 
 
 def _families(args: argparse.Namespace) -> tuple[Family, ...]:
@@ -180,13 +218,23 @@ def cmd_show(args: argparse.Namespace) -> int:
             tools = Tools(backend, family)
             if family == 6 and not family_available(tools):
                 continue
-            table = parse_save(current(tools))
-            print(
-                f"# {backend} IPv{family}: {'installed' if table.installed else 'no netshield rules'}"
-            )
-            for chain, rest in table.rules:
-                if chain.startswith("NETSHIELD_") or (chain, rest) in table.jumps:
-                    print(f"-A {chain} {rest}")
+            now = tables(tools, counters=True)
+            installed = any(t.installed for t in now.values())
+            print(f"# {backend} IPv{family}: {'installed' if installed else 'no netshield rules'}")
+            for name in TABLES:
+                table = now[name]
+                if not table.installed:
+                    continue
+                print(f"*{name}")
+                for chain, rest in table.rules:
+                    if chain.startswith("NETSHIELD_") or (chain, rest) in table.jumps:
+                        print(f"-A {chain} {rest}")
+            drops = egress_drops(now["filter"])
+            if drops:
+                counted = ", ".join(
+                    f"{kind} {p} packets ({b} bytes)" for kind, (p, b) in drops.items()
+                )
+                print(f"# dropped non-TCP egress (IPv{family}): {counted}")
         return 0
     spec = spec_from_args(args)
     print(f"# {describe(spec)}")
@@ -246,6 +294,34 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--exclude-cidrs", default="", metavar="CIDRS", help="destinations never captured"
+    )
+    p.add_argument(
+        "--mode",
+        default="strict",
+        choices=("strict", "permissive"),
+        help="strict (default, like the sidecar's transparent.mode): drop and count every "
+        "non-TCP packet leaving the namespace except --allow-dns/--allow-udp; permissive: "
+        "leave non-TCP traffic alone",
+    )
+    p.add_argument(
+        "--allow-dns",
+        default="auto",
+        metavar="IPS",
+        help="strict mode: resolvers the service may query on port 53 (UDP and TCP, in "
+        "plaintext): 'auto' (default: the non-loopback nameservers of --resolv-conf), a list "
+        "'10.96.0.10,fd00::a', or '' for none",
+    )
+    p.add_argument(
+        "--resolv-conf",
+        default="/etc/resolv.conf",
+        metavar="FILE",
+        help="where --allow-dns auto reads the nameservers (default /etc/resolv.conf)",
+    )
+    p.add_argument(
+        "--allow-udp",
+        default="",
+        metavar="DESTS",
+        help="strict mode: further UDP destinations allowed out, '10.0.0.5:123,[fd00::5]:123'",
     )
 
 

@@ -37,14 +37,25 @@ def bind_tcp(address: HostPort, *, what: str) -> socket.socket:
     return sock
 
 
-def bind_unix(path: Path, *, what: str, mode: int = 0o660) -> socket.socket:
-    """A non-blocking listening unix socket at `path` (a stale socket file is replaced)."""
+def bind_unix(
+    path: Path,
+    *,
+    what: str,
+    mode: int = 0o660,
+    owner: int | None = None,
+    group: int | None = None,
+) -> socket.socket:
+    """A non-blocking listening unix socket at `path` (a stale socket file is replaced), owned
+    by `owner`:`group` (None: this process's) with permission bits `mode`, set before it listens
+    (the kernel checks write permission on the file at connect)."""
     with contextlib.suppress(FileNotFoundError):
         if path.is_socket():
             path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
+        if owner is not None or group is not None:
+            os.chown(path, -1 if owner is None else owner, -1 if group is None else group)
         os.chmod(path, mode)
         sock.listen(BACKLOG)
     except OSError as err:

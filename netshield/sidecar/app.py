@@ -115,7 +115,13 @@ def bind_listeners(rt: Runtime, config: SidecarConfig) -> Listeners:
                 name = f"{base}#{n}"
                 n += 1
             if out.unix is not None:
-                sock = bind_unix(out.unix, what=name)
+                sock = bind_unix(
+                    out.unix,
+                    what=name,
+                    mode=out.unix_mode,
+                    owner=out.unix_owner,
+                    group=out.unix_group,
+                )
             else:
                 assert out.listen is not None
                 sock = bind_tcp(out.listen, what=name)

@@ -14,7 +14,9 @@ also reports files and directories that do not exist.
 
 from __future__ import annotations
 
+import grp
 import math
+import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -100,8 +102,11 @@ class OutboundConfig:
     service: str
     listen: HostPort | None = None
     unix: Path | None = None
-    allowed_uids: frozenset[int] = frozenset()  # unix only; empty: no uid check
+    allowed_uids: frozenset[int] = frozenset()  # empty: no uid check
     address: HostPort | None = None  # overrides the registry's address for `service`
+    unix_owner: int | None = None  # uid the socket file is chowned to (None: the sidecar's)
+    unix_group: int | None = None  # gid likewise
+    unix_mode: int = 0o660  # the socket file's permission bits
 
     @property
     def listener(self) -> str:
@@ -257,6 +262,50 @@ class _TlsVersion(Spec):
 
 
 @dataclass(frozen=True)
+class _Account(Spec):
+    """A uid or gid: a number, or a user/group name that exists on this host."""
+
+    kind: str = "user"
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return f"a {self.kind} name or number"
+
+    def check(self, value: object, path: str, problems: list[Problem]) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _U32_MAX:
+            return value
+        if isinstance(value, str) and value:
+            lookup = pwd.getpwnam if self.kind == "user" else grp.getgrnam
+            try:
+                return int(lookup(value)[2])
+            except KeyError:
+                problems.append(Problem(path, f"no {self.kind} named {value!r} on this host"))
+                return INVALID
+        return self._wrong_type(value, path, problems)
+
+
+@dataclass(frozen=True)
+class _Mode(Spec):
+    """Permission bits: an octal string ("0660") or a YAML octal number (0660); at most 0777."""
+
+    expected: str = 'permission bits in octal, e.g. "0660"'
+
+    def check(self, value: object, path: str, problems: list[Problem]) -> Any:
+        mode: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            mode = value
+        elif isinstance(value, str) and value.isascii() and value.isdigit():
+            try:
+                mode = int(value, 8)
+            except ValueError:
+                mode = None
+        if mode is None or not 0 <= mode <= 0o777:
+            problems.append(Problem(path, f"expected {self.expected}, got {describe(value)}"))
+            return INVALID
+        return mode
+
+
+@dataclass(frozen=True)
 class _Optional(Spec):
     """A section that may be absent: absent or null gives None instead of the section's defaults."""
 
@@ -319,6 +368,9 @@ _OUTBOUND = Record(
         "unix": Field(_PATH),
         "allowed_uids": Field(ListOf(Int(min=0, max=_U32_MAX - 1), expected="a list of uids")),
         "address": Field(_Address()),
+        "unix_owner": Field(_Account("user")),
+        "unix_group": Field(_Account("group")),
+        "unix_mode": Field(_Mode(), default=0o660),
     },
     expected="an outbound listener (a mapping with service and listen or unix)",
 )
@@ -573,10 +625,17 @@ def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
             problems.append(Problem(path, "needs listen (a loopback host:port) or unix (a path)"))
         elif listen is not None and unix is not None:
             problems.append(Problem(f"{path}.unix", "give listen or unix, not both"))
-        elif listen is not None and isinstance(uids, list) and uids:
+        if unix is None:
+            for key in ("unix_owner", "unix_group"):
+                if out[key] is not None:
+                    problems.append(Problem(f"{path}.{key}", "applies to unix listeners only"))
+        mode = out["unix_mode"]
+        if isinstance(mode, int) and mode & 0o002 and not (isinstance(uids, list) and uids):
             problems.append(
                 Problem(
-                    f"{path}.allowed_uids", "is only checked on unix listeners (use unix: PATH)"
+                    f"{path}.unix_mode",
+                    f"{mode:04o} lets every local user connect and call {out['service']} as this "
+                    "service: drop the o+w bit, or list who may call in allowed_uids",
                 )
             )
         if isinstance(listen, HostPort):
@@ -694,6 +753,9 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
                 unix=None if out["unix"] is None else _resolve(base_dir, out["unix"]),
                 allowed_uids=frozenset(out["allowed_uids"]),
                 address=out["address"],
+                unix_owner=out["unix_owner"],
+                unix_group=out["unix_group"],
+                unix_mode=out["unix_mode"],
             )
             for out in doc["outbound"]
         ),

@@ -172,7 +172,7 @@ async def outbound_flow(
 ) -> None:
     """plaintext from a local caller -> mTLS to the destination's sidecar, expecting its identity."""
     out = current_outbound(rt, index, started_with)
-    caller = caller_of(sock)
+    caller = caller_of(sock, want_uid=bool(out.allowed_uids))
     attempt = Attempt(
         rt, "outbound", listener=local_name(sock), src=caller.address, dst=out.service
     )
