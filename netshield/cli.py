@@ -34,7 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evidence",
 )
 # `netshield cas <action>` subcommands in their own modules, each with register_cas(csub).
-CAS_COMMAND_MODULES: tuple[str, ...] = ("check_access",)
+CAS_COMMAND_MODULES: tuple[str, ...] = ("check_access", "migrate")
 
 ENV_CAS = "NETSHIELD_CAS"
 ENV_ADMIN = "NETSHIELD_ADMIN"
@@ -168,7 +168,7 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
         listen = HostPort.parse(args.listen)
     except ValueError as err:
         raise UsageError(f"--listen: {err}") from None
-    database, password_file = _database_args(args)
+    database, password_file = database_args(args)
     options = CasOptions(
         policy_file=Path(args.policy),
         state_dir=Path(args.state),
@@ -189,7 +189,7 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database_args(args: argparse.Namespace) -> tuple[str | None, Path | None]:
+def database_args(args: argparse.Namespace) -> tuple[str | None, Path | None]:
     """--database (or $NETSHIELD_DATABASE) and its password file; never a password in argv."""
     url = args.database or os.environ.get(ENV_DATABASE) or None
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
@@ -209,7 +209,7 @@ def _database_args(args: argparse.Namespace) -> tuple[str | None, Path | None]:
     return url, Path(password_file) if password_file else None
 
 
-def _add_database(q: argparse.ArgumentParser) -> None:
+def add_database_args(q: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--database",
         help="keep the state in PostgreSQL: postgresql://USER@HOST:PORT/DB, without the password "
@@ -272,7 +272,7 @@ def cmd_cas_policy(args: argparse.Namespace) -> int:
 def cmd_cas_audit(args: argparse.Namespace) -> int:
     from netshield import operator
 
-    database, password_file = _database_args(args)
+    database, password_file = database_args(args)
     if args.state or database:
         from netshield.cas.server import read_password_file
 
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM roots to trust for SEV-SNP/SGX/TDX evidence besides AMD's and Intel's "
         "(test and lab hardware only)",
     )
-    _add_database(q)
+    add_database_args(q)
     q.add_argument(
         "--chain-lock",
         choices=["advisory", "serializable"],
@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = csub.add_parser("audit", help="read and verify the CAS audit log")
     _add_admin(q)
     q.add_argument("--state", help="read offline from a state directory instead of the API")
-    _add_database(q)
+    add_database_args(q)
     q.add_argument("--counter", help="with --state or --database: the monotonic counter file")
     q.add_argument("--verify", action="store_true", help="check the hash chain and the counter")
     q.add_argument("--json", action="store_true")

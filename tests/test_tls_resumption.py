@@ -21,6 +21,8 @@ ORDERS = f"spiffe://{TD}/svc/orders"
 @pytest.fixture(scope="module")
 def pki() -> Pki:
     return Pki()
+
+
 ADDR = "127.0.0.1:7001"
 
 

@@ -209,9 +209,7 @@ class Agent:
             raise NetshieldError(
                 f"the CAS issued a certificate for {creds.spiffe_id}, expected {self._spiffe_id}"
             )
-        return build_contexts(
-            creds, min_version=self._min_version, resumption=self._resumption
-        )
+        return build_contexts(creds, min_version=self._min_version, resumption=self._resumption)
 
     def _record_success(self, creds: MeshCredentials, reason: str) -> datetime:
         """Count and log a successful attestation; returns when to renew."""

@@ -40,7 +40,6 @@ from netshield.reasons import Reason
 log = logging.getLogger("netshield.cas")
 
 RevocationKind = Literal["instance", "service", "platform"]
-FEED_EVENTS = frozenset({"revoke", "policy.apply"})
 SERIAL_ATTEMPTS = 5  # a serial taken already (by this CAS or a replica): sign again
 
 
@@ -202,11 +201,8 @@ class CasService:
 
     def feed_events(self, since: int) -> tuple[list[dict[str, Any]], int]:
         """Revocation and policy events after audit position `since`, and the next position."""
-        events: list[dict[str, Any]] = []
-        head = self.store.audit_head().seq
-        for entry in self.store.audit_entries(since=since):
-            if entry.event in FEED_EVENTS:
-                events.append({"seq": entry.seq, "type": entry.event, "ts": entry.ts, **entry.data})
+        entries, head = self.store.feed_entries(since)
+        events = [{"seq": e.seq, "type": e.event, "ts": e.ts, **e.data} for e in entries]
         return events, max(head, since)
 
     # --- nonces and attestation --------------------------------------------------------------

@@ -220,7 +220,9 @@ class TlsEndpoint:
             return False
         self.handshake_done = True
         self.established = True
-        self.peer = peer_info(self._ssl) if self._peers is None else self._peers.peer_info(self._ssl)
+        self.peer = (
+            peer_info(self._ssl) if self._peers is None else self._peers.peer_info(self._ssl)
+        )
         events.append(HandshakeComplete(self.peer))
         return True
 

@@ -52,6 +52,10 @@ class StateTx(Protocol):
         """Create the CAS tables in an empty database and store ``meta`` (state id, version)."""
         ...
 
+    def upgrade_schema(self, version: int, target: int) -> None:
+        """Bring the tables of schema ``version`` to ``target`` (the meta row included)."""
+        ...
+
     def meta(self) -> dict[str, str]: ...
 
     def state_rows(self) -> StateRows:
@@ -65,6 +69,10 @@ class StateTx(Protocol):
 
     def audit_entries(self, since: int, limit: int | None) -> list[AuditEntry]:
         """Entries with ``seq > since``, oldest first, at most ``limit`` (None: all)."""
+        ...
+
+    def feed_entries(self, since: int, events: tuple[str, ...]) -> list[AuditEntry]:
+        """Entries of the given events with ``seq > since``, oldest first (indexed)."""
         ...
 
     def audit_head(self) -> tuple[int, str] | None:
@@ -90,6 +98,8 @@ class StateTx(Protocol):
 
     # --- policies
     def latest_policy(self) -> StoredPolicy | None: ...
+
+    def policies(self) -> list[StoredPolicy]: ...
 
     def policy(self, version: int) -> StoredPolicy | None: ...
 

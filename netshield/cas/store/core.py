@@ -54,8 +54,11 @@ from netshield.cas.store.model import (
     EV_ALLOW,
     EV_CREATE,
     EV_DENY,
+    EV_MIGRATE,
     EV_POLICY,
     EV_REVOKE,
+    EV_UPGRADE,
+    FEED_EVENTS,
     NONCE_BYTES,
     RESERVED_EVENTS,
     REVOCATION_KINDS,
@@ -72,9 +75,9 @@ from netshield.cas.store.model import (
     state_error,
 )
 from netshield.cas.store.rollback import (
-    check_meta,
     check_on_open,
     mark_state,
+    read_meta,
     refuse_unexpected_layout,
     snapshot_audit,
 )
@@ -94,6 +97,8 @@ class CasStore:
     def __init__(self, *, backend: Backend, counter: MonotonicCounter, state_id: str) -> None:
         self.backend = backend
         self.state_id = state_id
+        self.created = False  # set by `attach`: this open created the state
+        self.upgraded_from: int | None = None  # set by `attach`: the schema version it found
         self._counter = counter
         self._lock: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if backend.shared else threading.RLock()
@@ -160,7 +165,7 @@ class CasStore:
             refuse_unexpected_layout(backend, default_counter=counter is None)
             new_id = str(uuid.uuid4())
             created = backend.write(lambda tx: _create(tx, new_id, now), chained=True)
-        state_id = check_meta(backend)
+        state_id, version = read_meta(backend)
         if counter is None:
             counter = MonotonicCounter(default_counter_path(state_id))
         store = cls(backend=backend, counter=counter, state_id=state_id)
@@ -170,9 +175,38 @@ class CasStore:
             store._append_audited(EV_ADOPT, data, now=now)
         elif action is not None:
             store._witness(action.head)
+        store.created = created
+        if version < SCHEMA_VERSION:
+            store._upgrade(version, now)
+            store.upgraded_from = version
         if counter.path == default_counter_path(state_id):
             mark_state(backend, state_id)
         return store
+
+    @property
+    def schema_version(self) -> int:
+        return read_meta(self.backend)[1]
+
+    def record_migration(self, source: str, *, from_version: int, now: datetime) -> AuditEntry:
+        """Audit that this state was copied here from ``source``; ``state.migrate``."""
+        data = {"from": source, "from_version": from_version, "to": self.backend.location}
+        return self._append_audited(EV_MIGRATE, data, now=now)
+
+    def _upgrade(self, version: int, now: datetime) -> None:
+        """Bring an older schema to this netshield's; audited as ``state.upgrade``."""
+
+        def work(tx: StateTx) -> AuditEntry | None:
+            current = int(tx.meta()["schema_version"])
+            if current >= SCHEMA_VERSION:
+                return None  # another replica upgraded it first
+            tx.upgrade_schema(current, SCHEMA_VERSION)
+            data = {"from_version": current, "to_version": SCHEMA_VERSION}
+            return _append(tx, EV_UPGRADE, data, now)
+
+        with self._lock:
+            entry = self.backend.write(work, chained=True)
+            if entry is not None:
+                self._witness(entry)
 
     def close(self) -> None:
         """Close the backend (for SQLite: release the state directory); idempotent."""
@@ -489,6 +523,14 @@ class CasStore:
     def audit_entries(self, since: int = 0, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries with ``seq > since``, oldest first, at most ``limit`` of them."""
         return self.backend.read(lambda tx: tx.audit_entries(since, limit))
+
+    def feed_entries(self, since: int = 0) -> tuple[list[AuditEntry], int]:
+        """The revocation and policy entries after ``since``, oldest first, and the head's seq,
+        from one snapshot (the feed: an index serves it, not a scan of the whole log)."""
+        entries, head = self.backend.read(
+            lambda tx: (tx.feed_entries(since, FEED_EVENTS), tx.audit_head())
+        )
+        return entries, 0 if head is None else head[0]
 
     def audit_head(self) -> CounterValue:
         """``(seq, hash)`` of the newest audit entry."""

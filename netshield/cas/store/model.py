@@ -17,7 +17,7 @@ from typing import Literal
 from netshield.errors import NetshieldError, StateError
 from netshield.reasons import Reason
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: the tables; 2: an index that serves the feed without a full scan
 NONCE_BYTES = 32
 
 RevocationKind = Literal["instance", "service", "platform"]
@@ -30,7 +30,13 @@ EV_POLICY = "policy.apply"
 EV_ALLOW = "attest.allow"
 EV_DENY = "attest.deny"
 EV_REVOKE = "revoke"
-RESERVED_EVENTS = frozenset({EV_CREATE, EV_ADOPT, EV_POLICY, EV_ALLOW, EV_DENY, EV_REVOKE})
+EV_UPGRADE = "state.upgrade"
+EV_MIGRATE = "state.migrate"
+RESERVED_EVENTS = frozenset(
+    {EV_CREATE, EV_ADOPT, EV_POLICY, EV_ALLOW, EV_DENY, EV_REVOKE, EV_UPGRADE, EV_MIGRATE}
+)
+# The events the revocation and policy feed carries.
+FEED_EVENTS = (EV_REVOKE, EV_POLICY)
 
 UNAVAILABLE_HINT = "The CAS state cannot be opened; fix the named file or directory and retry."
 

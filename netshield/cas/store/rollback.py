@@ -76,19 +76,25 @@ def refuse_unexpected_layout(backend: Backend, *, default_counter: bool) -> None
 
 
 def check_meta(backend: Backend) -> str:
-    """The state id of a CAS database of the schema version this netshield reads."""
+    """The state id of a CAS database of a schema version this netshield reads."""
+    return read_meta(backend)[0]
+
+
+def read_meta(backend: Backend) -> tuple[str, int]:
+    """The state id and schema version of a CAS database this netshield can read or upgrade."""
     meta = backend.read(lambda tx: tx.meta())
-    version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
+    raw_version = meta.get("schema_version")
+    version = int(raw_version) if raw_version and raw_version.isdigit() else None
+    if version is None or not 1 <= version <= SCHEMA_VERSION:
         raise state_error(
-            f"{backend.location} has schema version {version!r} but this netshield reads "
-            f"version {SCHEMA_VERSION}; run the netshield version that wrote it"
+            f"{backend.location} has schema version {raw_version!r} but this netshield reads "
+            f"versions 1 to {SCHEMA_VERSION}; run the netshield version that wrote it"
         )
     state_id = meta.get("state_id")
     if not isinstance(state_id, str):
         raise state_error(f"{backend.location} has no state id (edited); {backend.restore_advice}")
     default_counter_path(state_id)  # validates the id's shape
-    return state_id
+    return state_id, version
 
 
 def check_on_open(

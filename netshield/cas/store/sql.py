@@ -34,6 +34,13 @@ REVOCATION_SELECT = (
 )
 
 
+# Schema version -> the statements that bring a database of the version before to it. A new
+# database gets the backend's tables (version 1) and then every migration.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("CREATE INDEX audit_event ON audit (event, seq)",),
+}
+
+
 class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...
@@ -85,8 +92,17 @@ class SqlStateTx:
         for statement in self.schema.split(";"):
             if statement.strip():
                 self._run(statement)
+        for statements in MIGRATIONS.values():
+            for statement in statements:
+                self._run(statement)
         for key, value in meta.items():
             self._run("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def upgrade_schema(self, version: int, target: int) -> None:
+        for step in range(version + 1, target + 1):
+            for statement in MIGRATIONS.get(step, ()):
+                self._run(statement)
+        self._run("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
 
     def meta(self) -> dict[str, str]:
         return {str(k): v for k, v in self._all("SELECT key, value FROM meta")}
@@ -129,6 +145,11 @@ class SqlStateTx:
             sql, params = sql + " LIMIT ?", (since, max(limit, 0))
         return [entry_of(r) for r in self._all(sql, params)]
 
+    def feed_entries(self, since: int, events: tuple[str, ...]) -> list[AuditEntry]:
+        marks = ", ".join("?" * len(events))
+        sql = f"{AUDIT_SELECT} WHERE event IN ({marks}) AND seq > ? ORDER BY seq"
+        return [entry_of(r) for r in self._all(sql, (*events, since))]
+
     def audit_head(self) -> tuple[int, str] | None:
         row = self._one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         return None if row is None else (int(row[0]), str(row[1]))
@@ -159,6 +180,9 @@ class SqlStateTx:
     def latest_policy(self) -> StoredPolicy | None:
         row = self._one(f"{POLICY_SELECT} ORDER BY version DESC LIMIT 1")
         return None if row is None else StoredPolicy(*row)
+
+    def policies(self) -> list[StoredPolicy]:
+        return [StoredPolicy(*r) for r in self._all(f"{POLICY_SELECT} ORDER BY version")]
 
     def policy(self, version: int) -> StoredPolicy | None:
         row = self._one(f"{POLICY_SELECT} WHERE version = ?", (version,))
