@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "explain",
     "status",
     "evidence",
+    "run",
 )
 # `netshield cas <action>` subcommands in their own modules, each with register_cas(csub).
 CAS_COMMAND_MODULES: tuple[str, ...] = ("check_access", "migrate")

@@ -104,6 +104,9 @@ class Reason(enum.StrEnum):
     UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
     CONNECT_TIMEOUT = "CONNECT_TIMEOUT"
     WAF_BLOCKED = "WAF_BLOCKED"
+    UDP_NOT_PROTECTED = "UDP_NOT_PROTECTED"
+    LISTEN_REFUSED = "LISTEN_REFUSED"
+    SHIELD_NOT_INHERITED = "SHIELD_NOT_INHERITED"
     # --- close reasons of connections that were allowed ---
     CLOSED = "CLOSED"
     IDLE_TIMEOUT = "IDLE_TIMEOUT"
@@ -550,6 +553,28 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             "path traversal, NS-932xxx command injection, NS-920xxx malformed or over the "
             "limits; see netshield/waf/rules.py). Fix the caller, or set waf: false on the "
             "native service if the traffic is trusted.",
+        ),
+        _r(
+            Reason.UDP_NOT_PROTECTED,
+            Stage.DATA_PLANE,
+            403,
+            "The in-process shield refused a UDP datagram to a mesh destination: mesh traffic is "
+            "mutual TLS over TCP and UDP cannot be protected, so it is never sent in plaintext.",
+        ),
+        _r(
+            Reason.LISTEN_REFUSED,
+            Stage.DATA_PLANE,
+            403,
+            "The in-process shield refused a listening socket on a port its inbound rules refuse; "
+            "list the port under inbound.ports with mode protected or unprotected.",
+        ),
+        _r(
+            Reason.SHIELD_NOT_INHERITED,
+            Stage.DATA_PLANE,
+            503,
+            "A process forked from a shielded one opened a socket: the child has no shield of its "
+            "own (no attested key, no relay), so the shield refuses; use the spawn start method "
+            "and run each worker under `netshield run`, or keep networking in the parent.",
         ),
         _r(Reason.CLOSED, Stage.DATA_PLANE, 200, "Both sides finished normally."),
         _r(

@@ -54,6 +54,7 @@ class Attempt:
     live: LiveConnection | None = None
     waf: WafOutcome | None = None  # native routes with the WAF on
     recorded: bool = False
+    refused: tuple[Reason, str] | None = None  # the denial's reason and detail, once denied
 
     def __post_init__(self) -> None:
         self.rt.metrics.connection_opened(self.direction)
@@ -105,6 +106,8 @@ class Attempt:
         self.rt.emit(record, self.handshake_seconds)
 
     def deny(self, reason: Reason, detail: str) -> None:
+        if not self.recorded:
+            self.refused = (reason, detail)
         log.info("conn=%s %s deny %s: %s", self.conn_id, self.direction, reason.value, detail)
         self._record(
             decision="deny",
@@ -203,14 +206,20 @@ def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
     return contexts
 
 
-async def dial(rt: Runtime, target: HostPort, factory: Callable[[], S]) -> S | tuple[Reason, str]:
-    """Connect to `target`; the stream, or why not."""
+async def dial(
+    rt: Runtime, target: HostPort, factory: Callable[[], S], *, sock: socket.socket | None = None
+) -> S | tuple[Reason, str]:
+    """Connect to `target` (on `sock`, a non-blocking TCP socket not yet connected, when given:
+    it may be bound already); the stream, or why not."""
     loop = asyncio.get_running_loop()
     timeout = rt.config.limits.connect_timeout.total_seconds()
     try:
-        _transport, stream = await asyncio.wait_for(
-            loop.create_connection(factory, target.host, target.port), timeout
-        )
+        async with asyncio.timeout(timeout):
+            if sock is None:
+                _transport, stream = await loop.create_connection(factory, target.host, target.port)
+            else:
+                await loop.sock_connect(sock, (target.host, target.port))
+                _transport, stream = await loop.create_connection(factory, sock=sock)
     except TimeoutError:
         return (
             Reason.CONNECT_TIMEOUT,

@@ -1,0 +1,150 @@
+"""An ordinary Python client that knows nothing about netshield: one request the way the
+APP_MODE library makes it, to APP_TARGET; prints one JSON line with what came back."""
+
+import asyncio
+import http.client
+import json
+import os
+import socket
+import sys
+import urllib.request
+
+MODE = os.environ["APP_MODE"]
+HOST = os.environ["APP_TARGET"]
+PORTS = json.loads(os.environ["APP_PORTS"])
+MARKER = os.environ.get("APP_MARKER", "hello")
+
+
+def via_socket() -> str:
+    with socket.create_connection((HOST, PORTS["socket"]), timeout=20) as s:
+        s.sendall(f"{MARKER}\n".encode())
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data.decode()
+
+
+def via_http_client() -> str:
+    conn = http.client.HTTPConnection(HOST, PORTS["http"], timeout=20)
+    conn.request("POST", "/echo", body=MARKER, headers={"Content-Type": "text/plain"})
+    body = conn.getresponse().read().decode()
+    conn.request("GET", f"/again/{MARKER}")  # the same kept-alive connection
+    body2 = conn.getresponse().read().decode()
+    conn.close()
+    return json.dumps([json.loads(body), json.loads(body2)])
+
+
+def via_urllib() -> str:
+    with urllib.request.urlopen(f"http://{HOST}:{PORTS['aiohttp']}/{MARKER}", timeout=20) as r:
+        return r.read().decode()
+
+
+def via_requests() -> str:
+    import requests
+
+    with requests.Session() as session:
+        first = session.post(f"http://{HOST}:{PORTS['http']}/echo", data=MARKER, timeout=20)
+        second = session.get(f"http://{HOST}:{PORTS['http']}/{MARKER}", timeout=20)
+        return json.dumps([first.json(), second.json()])
+
+
+async def via_streams() -> str:
+    reader, writer = await asyncio.open_connection(HOST, PORTS["streams"])
+    writer.write(f"{MARKER}\n".encode())
+    await writer.drain()
+    line = await reader.read()
+    peer = writer.get_extra_info("peername")
+    writer.close()
+    return json.dumps({"reply": line.decode(), "peername": list(peer)})
+
+
+async def via_protocol() -> str:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    class Client(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(f"{MARKER}\n".encode())  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            done.set_result(self.data)
+
+    await loop.create_connection(Client, HOST, PORTS["protocol"])
+    return (await asyncio.wait_for(done, 20)).decode()
+
+
+async def via_aiohttp() -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://{HOST}:{PORTS['aiohttp']}/{MARKER}") as resp:
+            return await resp.text()
+
+
+def via_udp() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(MARKER.encode(), (HOST, PORTS["http"]))
+    return "sent"
+
+
+def via_fork() -> str:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its socket calls, reported to the parent
+        try:
+            socket.create_connection((HOST, PORTS["socket"]), timeout=5).close()
+            message = "connected"
+        except OSError as err:
+            message = str(err)
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as f:
+        return f.read()
+
+
+def via_hold() -> str:
+    with socket.create_connection((HOST, PORTS["streams"]), timeout=60) as s:
+        print(json.dumps({"event": "app-ready"}), flush=True)
+        s.settimeout(60)
+        while s.recv(65536):
+            pass
+    return "closed"
+
+
+MODES = {
+    "udp": via_udp,
+    "fork": via_fork,
+    "hold": via_hold,
+    "socket": via_socket,
+    "http.client": via_http_client,
+    "urllib": via_urllib,
+    "requests": via_requests,
+    "asyncio-streams": lambda: asyncio.run(via_streams()),
+    "asyncio-protocol": lambda: asyncio.run(via_protocol()),
+    "aiohttp": lambda: asyncio.run(via_aiohttp()),
+}
+
+try:
+    print(json.dumps({"ok": True, "reply": MODES[MODE]()}), flush=True)
+except Exception as err:  # what the library raised, as the program would see it
+    print(
+        json.dumps(
+            {
+                "ok": False,
+                "error": type(err).__name__,
+                "errno": getattr(err, "errno", None),
+                "message": str(err),
+            }
+        ),
+        flush=True,
+    )
+    sys.exit(3)
