@@ -335,7 +335,7 @@ class Capture:
         return tcp_payloads(self.path.read_bytes())
 
 
-def start_capture(lab: Lab, host: Host, bpf: str, name: str) -> Capture:
+def start_capture(lab: Lab, host: Host, bpf: str, name: str, *, interface: str = "eth0") -> Capture:
     path = lab.root / f"{name}.pcap"
     err = lab.root / f"{name}.tcpdump.stderr"
     popen = subprocess.Popen(
@@ -344,7 +344,7 @@ def start_capture(lab: Lab, host: Host, bpf: str, name: str) -> Capture:
             "tcpdump",
             "--immediate-mode",
             "-i",
-            "eth0",
+            interface,
             "-n",
             "-U",
             "-s",

@@ -183,14 +183,16 @@ def ports_env(ports: dict[str, int], **extra: str) -> dict[str, str]:
     return {"APP_PORTS": json.dumps(ports), **extra}
 
 
-def make_shield_mesh(root: Path, *, policy_extra: str = "") -> ShieldMesh:
+def make_shield_mesh(
+    root: Path, *, policy_extra: str = "", addresses: list[str] | None = None
+) -> ShieldMesh:
     """Workloads: orders runs server.py, frontend and intruder run client.py; orders' registry
     addresses are the in-process server's ports and the sidecar-fronted orders' inbound port."""
     numbers = free_ports(len(SERVER_KINDS) * 2 + 1)
     ports = dict(zip(SERVER_KINDS, numbers[: len(SERVER_KINDS)], strict=True))
     sidecar_ports = dict(zip(SERVER_KINDS, numbers[len(SERVER_KINDS) : -1], strict=True))
     sidecar_ports["inbound"] = numbers[-1]
-    addresses = [f"127.0.0.1:{p}" for p in ports.values()] + [
+    addresses = addresses or [f"127.0.0.1:{p}" for p in ports.values()] + [
         f"127.0.0.1:{sidecar_ports['inbound']}"
     ]
     mesh = make_mesh(root, policy_extra=policy_extra)

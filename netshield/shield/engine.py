@@ -42,7 +42,6 @@ from netshield.netaddr import HostPort
 from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.recordlog import RecordSink
-from netshield.shield import plumbing
 from netshield.shield.config import ShieldConfig
 from netshield.shield.flows import (
     OUTBOUND_LISTENER,
@@ -51,6 +50,7 @@ from netshield.shield.flows import (
     outbound,
     serve_listener,
 )
+from netshield.shield.plumbing import graft, receive_connection, stall
 from netshield.shield.refusals import refusal
 from netshield.shield.rules import (
     Native,
@@ -452,16 +452,16 @@ class Engine:
         real = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
         real.setblocking(False)
         app_end, relay = socket.socketpair()
-        stall = plumbing.stall(app_end) if nonblocking and not isinstance(verdict, Native) else None
-        plumbing.graft(sock, app_end)
+        held = stall(app_end) if nonblocking and not isinstance(verdict, Native) else None
+        graft(sock, app_end)
         entry = Shielded(inode=_inode(sock))
         self.hooks.register(sock, entry)
-        if stall is None:
+        if held is None:
             app_end.close()
         relay.setblocking(False)
-        out = Outgoing(entry, sock.family, verdict, real, relay, stall)
+        out = Outgoing(entry, sock.family, verdict, real, relay, held)
         self._spawn(outbound(self._rt(), out))
-        if nonblocking and stall is not None and stall.holds:
+        if nonblocking and held is not None and held.holds:
             raise BlockingIOError(errno.EINPROGRESS, os.strerror(errno.EINPROGRESS))
         if not entry.done.wait(None if nonblocking else sock.gettimeout()):
             raise TimeoutError("timed out")
@@ -491,7 +491,7 @@ class Engine:
         self.hooks.original("listen")(real, backlog)
         real.setblocking(False)
         app_channel, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        plumbing.graft(sock, app_channel)
+        graft(sock, app_channel)
         app_channel.close()
         channel.setblocking(False)
         label = str(HostPort(str(local[0]), port))
@@ -505,7 +505,7 @@ class Engine:
 
     def accept(self, sock: socket.socket, entry: Shielded) -> tuple[socket.socket, Address]:
         self._check_fork()
-        fd, meta = plumbing.receive_connection(sock)
+        fd, meta = receive_connection(sock)
         if meta is None:
             raise refusal(Reason.DRAINED, "the shield stopped serving this listening socket")
         if fd is None:
