@@ -152,8 +152,8 @@ def test_the_server_side_enforces_allowed_callers_against_an_attested_looking_in
         public_key=key.public_key(),
         spiffe_id=SpiffeId.for_service(TD, "intruder"),
         now=datetime.now(UTC),
-        lifetime=timedelta(hours=1),
-        claims=AttestationClaims("a" * 64, 1, 1, "p1"),
+        lifetime=timedelta(minutes=5),
+        claims=AttestationClaims(sm.mesh.measurements["intruder"], 1, 1, "p1"),
     )
     cert_path, key_path = sm.root / "intruder.pem", sm.root / "intruder.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -61,6 +61,7 @@ from netshield.sidecar.config import (
     SidecarConfig,
     TlsMinVersion,
     WorkloadConfig,
+    build_shared,
 )
 
 Mode = Literal["protected", "unprotected", "refuse"]
@@ -446,21 +447,12 @@ def _cross_problems(doc: dict[str, Any], raw: object) -> list[Problem]:
 
 
 def _build(doc: dict[str, Any], raw: object, base_dir: Path) -> ShieldConfig:
-    cas, workload, inbound, outbound = doc["cas"], doc["workload"], doc["inbound"], doc["outbound"]
-    records, limits, renewal = doc["records"], doc["limits"], doc["renewal"]
-    has_admin = isinstance(raw, dict) and raw.get("admin") is not None
-    admin = doc["admin"]
+    workload, inbound, outbound = doc["workload"], doc["inbound"], doc["outbound"]
+    shared = build_shared(doc, base_dir)
+    if not (isinstance(raw, dict) and raw.get("admin") is not None):
+        shared["admin"] = None  # the admin listener is optional here
     return ShieldConfig(
         service=doc["service"],
-        cas=CasConfig(url=cas["url"], ca=base_dir / cas["ca"]),
-        platform=PlatformConfig(
-            socket=None
-            if doc["platform"]["socket"] is None
-            else base_dir / doc["platform"]["socket"],
-            in_process=None
-            if doc["platform"]["in_process"] is None
-            else base_dir / doc["platform"]["in_process"],
-        ),
         workload=ShieldWorkload(
             path=None if workload["path"] is None else base_dir / workload["path"],
             signer=workload["signer"],
@@ -484,17 +476,7 @@ def _build(doc: dict[str, Any], raw: object, base_dir: Path) -> ShieldConfig:
                 for rule in outbound["destinations"]
             ),
         ),
-        admin=AdminConfig(listen=admin["listen"], unsafe_public=admin["unsafe_public"])
-        if has_admin
-        else None,
-        records=RecordsConfig(
-            file=None if records["file"] is None else base_dir / records["file"],
-            stdout=records["stdout"],
-            max_bytes=records["max_bytes"],
-            keep=records["keep"],
-        ),
-        limits=Limits(**limits),
-        renewal=RenewalConfig(fraction=renewal["fraction"], jitter=renewal["jitter"]),
+        **shared,
     )
 
 

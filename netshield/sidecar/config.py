@@ -724,18 +724,35 @@ def _clashes(binds: list[tuple[str, HostPort]]) -> list[Problem]:
     return problems
 
 
-def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
-    cas, workload, inbound, platform = doc["cas"], doc["workload"], doc["inbound"], doc["platform"]
+def build_shared(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The sections a sidecar config shares with the in-process shield's (cas, platform, admin,
+    records, limits, renewal), as `SidecarConfig` keyword arguments, from a checked document."""
+    cas, platform = doc["cas"], doc["platform"]
     admin, records, limits, renewal = doc["admin"], doc["records"], doc["limits"], doc["renewal"]
-    return SidecarConfig(
-        service=doc["service"],
-        cas=CasConfig(urls=tuple(cas["url"]), ca=_resolve(base_dir, cas["ca"])),
-        platform=PlatformConfig(
+    return {
+        "cas": CasConfig(urls=tuple(cas["url"]), ca=_resolve(base_dir, cas["ca"])),
+        "platform": PlatformConfig(
             socket=None if platform["socket"] is None else _resolve(base_dir, platform["socket"]),
             in_process=None
             if platform["in_process"] is None
             else _resolve(base_dir, platform["in_process"]),
         ),
+        "admin": AdminConfig(listen=admin["listen"], unsafe_public=admin["unsafe_public"]),
+        "records": RecordsConfig(
+            file=None if records["file"] is None else _resolve(base_dir, records["file"]),
+            stdout=records["stdout"],
+            max_bytes=records["max_bytes"],
+            keep=records["keep"],
+        ),
+        "limits": Limits(**limits),
+        "renewal": RenewalConfig(fraction=renewal["fraction"], jitter=renewal["jitter"]),
+    }
+
+
+def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
+    workload, inbound = doc["workload"], doc["inbound"]
+    return SidecarConfig(
+        service=doc["service"],
         workload=None
         if workload is None
         else build_workload(workload, _resolve(base_dir, workload["path"])),
@@ -767,16 +784,8 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
             mode=doc["transparent"]["mode"],
             service_ports=tuple(doc["transparent"]["service_ports"]),
         ),
-        admin=AdminConfig(listen=admin["listen"], unsafe_public=admin["unsafe_public"]),
-        records=RecordsConfig(
-            file=None if records["file"] is None else _resolve(base_dir, records["file"]),
-            stdout=records["stdout"],
-            max_bytes=records["max_bytes"],
-            keep=records["keep"],
-        ),
-        limits=Limits(**limits),
-        renewal=RenewalConfig(fraction=renewal["fraction"], jitter=renewal["jitter"]),
         tls=MeshTlsConfig(resumption=doc["tls"]["resumption"]),
+        **build_shared(doc, base_dir),
     )
 
 
@@ -798,6 +807,7 @@ __all__ = [
     "TransparentConfig",
     "TransparentMode",
     "WorkloadConfig",
+    "build_shared",
     "detect_kind",
     "file_problems",
     "load_sidecar_config",
