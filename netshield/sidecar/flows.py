@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from netshield.authz import ConnDecision, authorize_inbound, authorize_outbound, may_call_decision
+from netshield.authz import ConnDecision, may_call_decision
 from netshield.identity import SpiffeId
 from netshield.net.callers import caller_of, local_caller_problem
-from netshield.net.streams import TlsHandshakeError, TlsStream
+from netshield.net.streams import TlsStream
 from netshield.netaddr import HostPort
 from netshield.reasons import Reason
 from netshield.sidecar.config import InboundConfig, OutboundConfig
@@ -32,6 +32,7 @@ from netshield.sidecar.connection import (
     relay_connection,
     relay_plain_to,
 )
+from netshield.sidecar.handshake import inbound_decision, outbound_decision
 from netshield.sidecar.native import native_outbound, native_route
 from netshield.sidecar.runtime import Runtime
 from netshield.tls.contexts import TlsContexts
@@ -83,69 +84,6 @@ async def serve_inbound(
     except asyncio.CancelledError:
         attempt.abandon()
         raise
-
-
-async def inbound_decision(
-    rt: Runtime, attempt: Attempt, tls: TlsStream, contexts: TlsContexts
-) -> ConnDecision:
-    """Complete the server side of mutual TLS and decide whether the caller may call us. Sets
-    `attempt.peer` and `handshake_seconds`. A denial (a failed handshake included) is recorded
-    and `tls` closed (after a failed handshake it lingers to deliver its alert) before it is
-    returned."""
-    t0 = time.monotonic()
-    try:
-        attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
-    except TlsHandshakeError as err:
-        return _denied(attempt, ConnDecision(False, err.failure.reason, err.failure.detail))
-    attempt.handshake_seconds = time.monotonic() - t0
-    creds = contexts.credentials
-    decision = authorize_inbound(
-        creds.policy,
-        attempt.peer,
-        rt.revocations.check,
-        policy_version=creds.policy_version,
-        now=datetime.now(UTC),
-        feed_epoch=rt.revocations.min_epoch,
-    )
-    return decision if decision.allowed else _denied(attempt, decision, tls)
-
-
-async def outbound_decision(
-    rt: Runtime,
-    attempt: Attempt,
-    tls: TlsStream,
-    contexts: TlsContexts,
-    service: str,
-    target: HostPort,
-    t0: float,
-) -> ConnDecision:
-    """Complete the client side of mutual TLS to `target` (dialled at monotonic `t0`) and decide
-    whether the server is `service` and may be called. Sets `attempt.peer` and
-    `handshake_seconds`; a denial is recorded and `tls` closed before it is returned."""
-    try:
-        attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
-    except TlsHandshakeError as err:
-        detail = f"{service} at {target}: {err.failure.detail}"
-        return _denied(attempt, ConnDecision(False, err.failure.reason, detail))
-    attempt.handshake_seconds = time.monotonic() - t0
-    creds = contexts.credentials
-    decision = authorize_outbound(
-        creds.policy,
-        service,
-        attempt.peer,
-        rt.revocations.check,
-        policy_version=creds.policy_version,
-        now=datetime.now(UTC),
-        feed_epoch=rt.revocations.min_epoch,
-    )
-    return decision if decision.allowed else _denied(attempt, decision, tls)
-
-
-def _denied(attempt: Attempt, decision: ConnDecision, tls: TlsStream | None = None) -> ConnDecision:
-    attempt.deny(decision.reason, decision.detail)
-    if tls is not None:
-        tls.close()
-    return decision
 
 
 def current_outbound(rt: Runtime, index: int, started_with: OutboundConfig) -> OutboundConfig:
