@@ -484,3 +484,93 @@ class DcapLab:
             if data:
                 (directory / name).write_bytes(data)
         return directory
+
+
+# --- configfs-tsm, as the kernel behaves --------------------------------------------------------
+
+
+def cert_table(entries: list[tuple[str, bytes]]) -> bytes:
+    """The GHCB certificate table (GUID, offset, length; zero entry; then the DER blobs)."""
+    import uuid
+
+    head = 24 * (len(entries) + 1)
+    table, blobs = bytearray(), bytearray()
+    for guid, der in entries:
+        table += uuid.UUID(guid).bytes_le + (head + len(blobs)).to_bytes(4, "little")
+        table += len(der).to_bytes(4, "little")
+        blobs += der
+    return bytes(table + bytes(24) + blobs)
+
+
+class FakeTsm:
+    """configfs-tsm's report directories as the kernel keeps them: writing inblob bumps the
+    generation, reading outblob makes the report over it (with the lab's keys), auxblob holds
+    the host's certificate table. Stands in for the kernel only; the quoter is the real one."""
+
+    def __init__(
+        self,
+        provider: str,
+        snp_lab: SnpLab | None = None,
+        dcap_lab: DcapLab | None = None,
+        *,
+        measurement: bytes = b"\x11" * 48,
+        racy: int = 0,
+    ) -> None:
+        self.provider, self.snp_lab, self.dcap_lab = provider, snp_lab, dcap_lab
+        self.measurement = measurement
+        self.entries: dict[Path, dict[str, bytes | int]] = {}
+        self.racy = racy  # how many reads see another writer's generation bump
+        self.removed: list[Path] = []
+
+    def mkdir(self, path: Path) -> None:
+        if path in self.entries:
+            raise FileExistsError(str(path))
+        self.entries[path] = {"generation": 0, "inblob": b""}
+
+    def rmdir(self, path: Path) -> None:
+        self.entries.pop(path)
+        self.removed.append(path)
+
+    def write(self, path: Path, data: bytes) -> None:
+        entry = self.entries[path.parent]
+        if path.name != "inblob" or len(data) != 64:
+            raise OSError(22, "Invalid argument")
+        entry["inblob"] = data
+        entry["generation"] = int(entry["generation"]) + 1
+
+    def read(self, path: Path) -> bytes:
+        entry = self.entries[path.parent]
+        inblob = bytes(entry["inblob"])  # type: ignore[arg-type]
+        if path.name == "generation":
+            if self.racy:
+                self.racy -= 1
+                entry["generation"] = int(entry["generation"]) + 1
+            return f"{entry['generation']}\n".encode()
+        if path.name == "provider":
+            return f"{self.provider}\n".encode()
+        if path.name == "outblob":
+            if self.provider == "sev_guest":
+                assert self.snp_lab is not None
+                return self.snp_lab.report(report_data=inblob, measurement=self.measurement)
+            assert self.dcap_lab is not None
+            return self.dcap_lab.quote("tdx", report_data=inblob, mrtd=self.measurement)
+        if path.name == "auxblob":
+            assert self.snp_lab is not None
+            lab = self.snp_lab
+            return cert_table(
+                [
+                    (
+                        "63da758d-e664-4564-adc5-f4b93be8accd",
+                        lab.vcek.public_bytes(serialization.Encoding.DER),
+                    ),
+                    (
+                        "4ab7b379-bbac-4fe4-a02f-05aef327c782",
+                        lab.ask.public_bytes(serialization.Encoding.DER),
+                    ),
+                    (
+                        "c0b406a4-a803-4952-9743-3fb6014cd0ae",
+                        lab.ark.public_bytes(serialization.Encoding.DER),
+                    ),
+                ]
+            )
+        raise FileNotFoundError(str(path))

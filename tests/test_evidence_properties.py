@@ -121,3 +121,15 @@ def test_collateral_files_of_any_content_are_used_or_listed_as_skipped(data: byt
 def test_signed_collateral_json_parses_or_raises_value_error(text: str) -> None:
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         parse_signed_json(text.encode(), "tcbInfo")
+
+
+@SETTINGS
+@given(st.binary(max_size=600))
+def test_snp_certificate_tables_of_any_content_parse_or_raise_value_error(data: bytes) -> None:
+    from netshield.attestation.evidence.snp import parse_cert_table
+
+    try:
+        entries = parse_cert_table(data)
+    except ValueError:
+        return
+    assert all(blob and len(guid) == 36 for guid, blob in entries)

@@ -37,6 +37,7 @@ from netshield.errors import ConfigError, NetshieldError
 from netshield.net.listeners import accept_loop, bind_tcp, bind_unix, bound_address
 from netshield.netaddr import HostPort
 from netshield.quoting.client import PlatformSocket
+from netshield.quoting.tsm import TsmQuoter
 from netshield.reasons import Reason
 from netshield.recordlog import RecordSink
 from netshield.sidecar.admin import AdminProviders, AdminServer
@@ -213,6 +214,9 @@ def make_quoter(config: SidecarConfig) -> Quoter:
             config.platform.socket,
         )
         return PlatformSocket(config.platform.socket)
+    if config.platform.tsm is not None:
+        log.info("quotes from the hardware through configfs-tsm at %s", config.platform.tsm)
+        return TsmQuoter(config.platform.tsm)
     assert config.platform.in_process is not None and config.workload is not None  # the parser
     platform = load_platform(config.platform.in_process)
     w = config.workload

@@ -81,11 +81,14 @@ class PlatformConfig:
     `socket`: the host's platform service (`netshield platform serve`), which measures the
     workload itself and alone holds the platform key. `in_process`: a platform directory whose
     key the sidecar loads and whose quotes it signs over its own measurement of `workload` --
-    chosen explicitly, for tests and demos, never as a fallback.
+    chosen explicitly, for tests and demos, never as a fallback. `tsm`: the kernel's
+    configfs-tsm report directory of a confidential VM (SEV-SNP or TDX): the hardware measures
+    and signs, the sidecar only chooses the report data.
     """
 
     socket: Path | None = None
     in_process: Path | None = None
+    tsm: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -377,7 +380,8 @@ _OUTBOUND = Record(
 
 _PLATFORM_EXPECTED = (
     "where quotes come from: {socket: /run/netshield/platform.sock} (the host's `netshield "
-    "platform serve`) or {in_process: DIR} (the sidecar holds the platform key: tests and demos)"
+    "platform serve`), {tsm: /sys/kernel/config/tsm/report} (SEV-SNP or TDX hardware) or "
+    "{in_process: DIR} (the sidecar holds the platform key: tests and demos)"
 )
 
 SIDECAR_SPEC = Record(
@@ -395,7 +399,7 @@ SIDECAR_SPEC = Record(
         ),
         "platform": Field(
             Record(
-                {"socket": Field(_PATH), "in_process": Field(_PATH)},
+                {"socket": Field(_PATH), "in_process": Field(_PATH), "tsm": Field(_PATH)},
                 expected=_PLATFORM_EXPECTED,
             ),
             required=True,
@@ -545,6 +549,15 @@ def file_problems(config: SidecarConfig) -> list[Problem]:
                 f"no such directory: {in_process} (make one with `netshield platform init`)",
             )
         )
+    tsm = config.platform.tsm
+    if tsm is not None and not tsm.is_dir():
+        problems.append(
+            Problem(
+                "platform.tsm",
+                f"no such directory: {tsm} (configfs-tsm needs a confidential VM with Linux 6.7 or "
+                "later and configfs mounted at /sys/kernel/config)",
+            )
+        )
     if config.workload is not None and not config.workload.path.exists():
         problems.append(
             Problem("workload.path", f"no such file or directory: {config.workload.path}")
@@ -590,11 +603,17 @@ def _platform_problems(doc: dict[str, Any]) -> list[Problem]:
     platform, workload = doc["platform"], doc["workload"]
     if not isinstance(platform, dict):
         return []
-    socket, in_process = platform["socket"], platform["in_process"]
-    if socket is None and in_process is None:
-        return [Problem("platform", f"needs socket or in_process: {_PLATFORM_EXPECTED}")]
-    if socket is not None and in_process is not None:
-        return [Problem("platform.in_process", "give socket or in_process, not both")]
+    socket, in_process, tsm = platform["socket"], platform["in_process"], platform["tsm"]
+    chosen = [name for name in ("socket", "tsm", "in_process") if platform[name] is not None]
+    if not chosen:
+        return [Problem("platform", f"needs socket, tsm or in_process: {_PLATFORM_EXPECTED}")]
+    if len(chosen) > 1:
+        return [
+            Problem(
+                f"platform.{chosen[1]}",
+                f"give one of socket, tsm, in_process, not {' and '.join(chosen)}",
+            )
+        ]
     if in_process is not None and workload is None:
         return [
             Problem(
@@ -608,6 +627,14 @@ def _platform_problems(doc: dict[str, Any]) -> list[Problem]:
                 "workload",
                 "the platform service measures the workload itself (its own workload map); "
                 "remove this section, or use platform.in_process",
+            )
+        ]
+    if tsm is not None and workload is not None:
+        return [
+            Problem(
+                "workload",
+                "the hardware measures the confidential VM itself (platform.tsm); remove this "
+                "section and put the VM's reference values in the policy",
             )
         ]
     return []
@@ -736,6 +763,7 @@ def build_shared(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             in_process=None
             if platform["in_process"] is None
             else _resolve(base_dir, platform["in_process"]),
+            tsm=None if platform["tsm"] is None else _resolve(base_dir, platform["tsm"]),
         ),
         "admin": AdminConfig(listen=admin["listen"], unsafe_public=admin["unsafe_public"]),
         "records": RecordsConfig(

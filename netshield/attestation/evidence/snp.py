@@ -173,6 +173,37 @@ def parse_report(data: bytes) -> SnpReport:
     )
 
 
+CERT_TABLE_ENTRY = 24
+CERT_GUIDS = {
+    "63da758d-e664-4564-adc5-f4b93be8accd": "vcek",
+    "a8074bc2-a25a-483e-aae6-39c045a0b8a1": "vlek",
+    "4ab7b379-bbac-4fe4-a02f-05aef327c782": "ask",
+    "c0b406a4-a803-4952-9743-3fb6014cd0ae": "ark",
+}
+
+
+def parse_cert_table(data: bytes) -> list[tuple[str, bytes]]:
+    """The (GUID, DER) entries of the GHCB certificate table the host hands an SEV-SNP guest
+    with its report (SNP_GET_EXT_REPORT, configfs-tsm's ``auxblob``): 24-byte entries (GUID,
+    offset, length, little-endian) up to an all-zero entry. ValueError if it is not one."""
+    entries: list[tuple[str, bytes]] = []
+    for pos in range(0, len(data) - CERT_TABLE_ENTRY + 1, CERT_TABLE_ENTRY):
+        entry = data[pos : pos + CERT_TABLE_ENTRY]
+        if not any(entry):
+            return entries
+        guid = _guid(entry[:16])
+        offset, length = u32(entry, 16), u32(entry, 20)
+        if offset + length > len(data) or offset < pos + CERT_TABLE_ENTRY or length == 0:
+            raise ValueError(f"certificate table entry {guid} points outside the table")
+        entries.append((guid, data[offset : offset + length]))
+    raise ValueError("certificate table has no terminating entry")
+
+
+def _guid(raw: bytes) -> str:
+    h = raw[3::-1].hex() + raw[5:3:-1].hex() + raw[7:5:-1].hex() + raw[8:10].hex() + raw[10:].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def decode_tcb(raw: int, *, turin: bool) -> SnpTcb:
     """A TCB_VERSION u64 in the product's layout."""
     b = raw.to_bytes(8, "little")
