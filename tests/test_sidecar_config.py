@@ -446,7 +446,12 @@ def test_load_of_an_unreadable_file_is_one_config_error(tmp_path: Path) -> None:
     [
         ("platforms/p1", "keep", "platform", "expected where quotes come from"),
         ({}, "keep", "platform", "needs socket, tsm or in_process"),
-        ({"socket": "/run/p.sock", "in_process": "p1"}, "keep", "platform.in_process", "give one of socket, tsm, in_process"),
+        (
+            {"socket": "/run/p.sock", "in_process": "p1"},
+            "keep",
+            "platform.in_process",
+            "give one of socket, tsm, in_process",
+        ),
         ({"in_process": "p1"}, None, "workload", "is required with platform.in_process"),
         ({"socket": "/run/p.sock"}, "keep", "workload", "measures the workload itself"),
     ],
