@@ -3,10 +3,10 @@ an in-process socketpair where the sidecar has a loopback hop.
 
 Outbound: the program's `connect` was decided (`rules`) and its socket grafted onto a pair end;
 here the real TCP socket (the program's own, with its bind and options) is connected, mutual TLS
-completed and the server checked to be the expected service (`sidecar.flows.outbound_decision`,
+completed and the server checked to be the expected service (`sidecar.handshake.outbound_decision`,
 the sidecar's own checks), and only then is the program's connect completed (`Outgoing.succeed`)
 or failed with the refusal (`Outgoing.fail`). Inbound: each connection of a shielded listener is
-admitted, its mTLS terminated and the caller authorized (`sidecar.flows.inbound_decision`); only
+admitted, its mTLS terminated and the caller authorized (`sidecar.handshake.inbound_decision`); only
 an authorized caller becomes a pair end passed to the program's `accept`.
 
 Guarantees: exactly one record per connection, the sidecar's (`Attempt`), with `proxy:
@@ -40,7 +40,7 @@ from netshield.sidecar.connection import (
     dial,
     relay_connection,
 )
-from netshield.sidecar.flows import inbound_decision, outbound_decision
+from netshield.sidecar.handshake import inbound_decision, outbound_decision
 from netshield.sidecar.native import NativeRoute, native_outbound
 from netshield.sidecar.runtime import Runtime
 
