@@ -121,6 +121,30 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_waf_routes(path: Path, config: Any) -> int:
+    """Load every WAF engine the sidecar config names; print what each route runs."""
+    from netshield.sidecar.wafroutes import WafRoutes
+    from netshield.waf.engine import WafUnavailable
+
+    routes = WafRoutes(config.waf, config.ingress, workers=1)
+    try:
+        lines = routes.load_configured()
+    except WafUnavailable as err:
+        print(f"{path}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        routes.close()
+    for line in lines:
+        print(f"  {line}")
+    if not lines:
+        default = config.waf.defaults
+        print(
+            f"  native routes: WAF {default.engine} engine on first use "
+            "(CRS if installed, else the compact rule set)"
+        )
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from netshield.policy import parse_policy
     from netshield.schema import load_yaml
@@ -147,7 +171,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
                 f"({inbound}, {len(config.outbound)} outbound listeners, "
                 f"admin on {config.admin.listen})"
             )
-            return 0
+            return _check_waf_routes(path, config)
         policy = parse_policy(text, source=str(path))
     except ConfigError as err:
         print(f"{path}: {len(err.problems)} problem(s)", file=sys.stderr)

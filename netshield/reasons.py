@@ -107,6 +107,8 @@ class Reason(enum.StrEnum):
     UDP_NOT_PROTECTED = "UDP_NOT_PROTECTED"
     LISTEN_REFUSED = "LISTEN_REFUSED"
     SHIELD_NOT_INHERITED = "SHIELD_NOT_INHERITED"
+    HTTP_REFUSED = "HTTP_REFUSED"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     # --- close reasons of connections that were allowed ---
     CLOSED = "CLOSED"
     IDLE_TIMEOUT = "IDLE_TIMEOUT"
@@ -548,11 +550,27 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Reason.WAF_BLOCKED,
             Stage.DATA_PLANE,
             403,
-            "The web application firewall of a native route refused the request (the record's "
-            "waf.rule_ids say which rules: NS-942xxx SQL injection, NS-941xxx XSS, NS-930xxx "
-            "path traversal, NS-932xxx command injection, NS-920xxx malformed or over the "
-            "limits; see netshield/waf/rules.py). Fix the caller, or set waf: false on the "
-            "native service if the traffic is trusted.",
+            "The web application firewall of a WAF route refused a request: the record's "
+            "waf.requests say which request (its request id is in the 403 body), which rules "
+            "matched and where (CRS ids: 942xxx SQL injection, 941xxx XSS, 930xxx traversal, "
+            "932xxx command injection; NS-9xxxxx: netshield's compact rules). Fix the caller, "
+            "or narrow the rule with waf.exclusions if the request is legitimate.",
+        ),
+        _r(
+            Reason.HTTP_REFUSED,
+            Stage.DATA_PLANE,
+            400,
+            "A WAF route refused a request before inspection: malformed or smuggling-shaped "
+            "HTTP/1.1 (duplicate or conflicting Content-Length, Transfer-Encoding with "
+            "Content-Length, obs-fold, bare LF, a bad Host) or over waf.max_head/max_body; "
+            "the record's waf.requests name the NS-9201xx rule. Fix the client.",
+        ),
+        _r(
+            Reason.REQUEST_TIMEOUT,
+            Stage.DATA_PLANE,
+            408,
+            "A caller of a WAF route did not send a whole request within waf.request_timeout; "
+            "raise it if clients upload slowly.",
         ),
         _r(
             Reason.UDP_NOT_PROTECTED,

@@ -63,14 +63,75 @@ def new_conn_id(now: datetime | None = None, *, entropy: int | None = None) -> s
 
 
 @dataclass(frozen=True)
+class WafRequest:
+    """One request on a WAF route: what the WAF did with it and why."""
+
+    request_id: str  # also in the 403 body the caller got
+    method: str
+    path: str  # the request target without its query string
+    action: str  # "pass", "block", "detect" (would have blocked; forwarded), "refuse" (HTTP)
+    status: int = 0  # the status the caller got (0: none, the connection ended first)
+    rule_ids: tuple[str, ...] = ()
+    anomaly_score: int = 0
+    matched: tuple[tuple[str, str], ...] = ()  # (rule id, where it matched, e.g. "ARGS:id")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "action": self.action,
+            "status": self.status,
+            "rule_ids": list(self.rule_ids),
+            "anomaly_score": self.anomaly_score,
+            "matched": [{"rule_id": r, "where": w} for r, w in self.matched],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WafRequest:
+        matched = data.get("matched") or []
+        return cls(
+            request_id=str(data.get("request_id", "")),
+            method=str(data.get("method", "")),
+            path=str(data.get("path", "")),
+            action=str(data.get("action", "")),
+            status=int(data.get("status") or 0),
+            rule_ids=tuple(str(r) for r in data.get("rule_ids") or ()),
+            anomaly_score=int(data.get("anomaly_score") or 0),
+            matched=tuple(
+                (str(m.get("rule_id", "")), str(m.get("where", "")))
+                for m in matched
+                if isinstance(m, dict)
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class WafOutcome:
-    """What the web application firewall did with the connection's requests."""
+    """What the web application firewall did with the connection's requests: `action` sums
+    them up ("pass", "detect", "block", "refuse"), `rule_ids` is every rule that matched on any
+    of them, `requests` the per-request verdicts (requests with a match are always kept; of
+    the others, the first `WAF_REQUESTS_KEPT`), `request_count` how many requests there were."""
 
     action: str  # e.g. "pass", "block", "detect"
     rule_ids: tuple[str, ...] = ()
+    engine: str = ""  # "crs" or "compact" ("" for records of older sidecars)
+    mode: str = ""  # "block", "detect" or "off"
+    requests: tuple[WafRequest, ...] = ()
+    request_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "rule_ids": list(self.rule_ids)}
+        return {
+            "action": self.action,
+            "rule_ids": list(self.rule_ids),
+            "engine": self.engine,
+            "mode": self.mode,
+            "request_count": self.request_count,
+            "requests": [r.to_dict() for r in self.requests],
+        }
+
+
+WAF_REQUESTS_KEPT = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,7 +236,21 @@ def _waf_from(value: object) -> WafOutcome | None:
     rule_ids = value.get("rule_ids", [])
     if not isinstance(rule_ids, list) or not all(isinstance(r, str) for r in rule_ids):
         raise ValueError("record field 'waf.rule_ids': expected a list of strings")
-    return WafOutcome(action=value["action"], rule_ids=tuple(rule_ids))
+    requests = value.get("requests") or []
+    if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
+        raise ValueError("record field 'waf.requests': expected a list of objects")
+    try:
+        parsed = tuple(WafRequest.from_dict(r) for r in requests)
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError("record field 'waf.requests': not per-request verdicts") from None
+    return WafOutcome(
+        action=value["action"],
+        rule_ids=tuple(rule_ids),
+        engine=str(value.get("engine") or ""),
+        mode=str(value.get("mode") or ""),
+        requests=parsed,
+        request_count=int(value.get("request_count") or len(parsed)),
+    )
 
 
 def _bad(name: str, expected: str, value: object) -> ValueError:
@@ -253,12 +328,14 @@ __all__ = [
     "PROXIES",
     "RECORD_FIELDS",
     "RECORD_SCHEMA",
+    "WAF_REQUESTS_KEPT",
     "ConnectionRecord",
     "Decision",
     "Direction",
     "Mode",
     "Proxy",
     "WafOutcome",
+    "WafRequest",
     "new_conn_id",
     "rfc3339",
 ]

@@ -1,6 +1,7 @@
 """Native routes end to end: a real CAS and sidecar process, `python3 -m http.server` as the
-native service, and curl as the caller. The WAF blocks an SQL injection before any byte of it
-reaches the native service, and lets the benign request through."""
+native service, and curl as the caller. ModSecurity with the OWASP CRS (installed by
+scripts/test) blocks an SQL injection before any byte of it reaches the native service, and
+lets the benign request with an apostrophe through."""
 
 from __future__ import annotations
 
@@ -90,14 +91,20 @@ def test_native_route_blocks_sql_injection_and_passes_the_benign_request(
     assert status == 200 and "hello from the native service" in body
     allowed = mesh.wait_record("frontend", lambda r: r["decision"] == "allow")
     assert allowed["dst"] == f"127.0.0.1:{server.port}" and allowed["reason"] == "OK"
-    assert allowed["waf"] == {"action": "pass", "rule_ids": []}
+    waf = allowed["waf"]
+    assert waf["action"] == "pass" and waf["engine"] == "crs" and waf["request_count"] == 1
+    assert waf["requests"][0]["action"] == "pass" and waf["requests"][0]["status"] == 200
     assert allowed["bytes_out"] > 0
 
     status, body = curl(f"{base}/?id=1'%20OR%20'1'='1")
-    assert status == 403 and "NS-942100" in body
     blocked = mesh.wait_record("frontend", lambda r: r["decision"] == "deny")
-    assert blocked["reason"] == "WAF_BLOCKED" and "NS-942100" in blocked["detail"]
-    assert blocked["waf"] == {"action": "block", "rule_ids": ["NS-942100"]}
+    (request,) = blocked["waf"]["requests"]
+    assert status == 403 and f"request id {request['request_id']}" in body
+    assert "942100" not in body  # the caller learns less than the record says
+    assert blocked["reason"] == "WAF_BLOCKED" and "942100" in blocked["detail"]
+    assert blocked["waf"]["action"] == "block" and "942100" in blocked["waf"]["rule_ids"]
+    assert {"rule_id": "942100", "where": "ARGS:id"} in request["matched"]
+    assert request["anomaly_score"] >= 5 and request["status"] == 403
     assert blocked["bytes_in"] == 0
 
     time.sleep(0.3)
@@ -111,8 +118,8 @@ def test_a_malformed_request_on_a_native_route_is_refused_and_never_forwarded(
 ) -> None:
     mesh, server, frontend = native_mesh
     answer = roundtrip(frontend.addr("outbound:legacy"), b"\x16\x03\x01 not http\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 400 ") and b"NS-920100" in answer
-    rec = mesh.wait_record("frontend", lambda r: r["reason"] == "WAF_BLOCKED")
-    assert rec["waf"]["rule_ids"] == ["NS-920100"]
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"request id" in answer
+    rec = mesh.wait_record("frontend", lambda r: r["reason"] == "HTTP_REFUSED")
+    assert rec["waf"]["rule_ids"] == ["NS-920100"] and rec["waf"]["action"] == "refuse"
     time.sleep(0.3)
     assert "GET" not in server.access_log() and "code 400" not in server.access_log()

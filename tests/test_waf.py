@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from netshield.waf import RULES, HttpRequest, ParseError, inspect, refusal
-from netshield.waf.engine import normalise
+from netshield.waf.compact import normalise
 
 
 def get(

@@ -48,11 +48,15 @@ from netshield.sidecar.config import (
     load_sidecar_config,
 )
 from netshield.sidecar.flows import inbound_flow, outbound_flow
+from netshield.sidecar.ingress import ingress_flow
 from netshield.sidecar.livetable import ConnectionTable
 from netshield.sidecar.metrics import SidecarMetrics
 from netshield.sidecar.runtime import Runtime
 from netshield.sidecar.transparent import transparent_inbound_flow, transparent_outbound_flow
+from netshield.sidecar.wafconfig import IngressConfig
+from netshield.sidecar.wafroutes import WafRoutes
 from netshield.tls.material import cas_client_context
+from netshield.waf.engine import WafUnavailable
 
 log = logging.getLogger("netshield.sidecar")
 
@@ -130,6 +134,12 @@ def bind_listeners(rt: Runtime, config: SidecarConfig) -> Listeners:
             listeners.tasks.append(
                 asyncio.create_task(accept_loop(sock, _outbound_acceptor(rt, index, out)))
             )
+        for index, ingress in enumerate(config.ingress):
+            sock = bind_tcp(ingress.listen, what=f"ingress[{index}].listen")
+            listeners.sockets[ingress.name] = sock
+            listeners.tasks.append(
+                asyncio.create_task(accept_loop(sock, _ingress_acceptor(rt, ingress)))
+            )
         if config.transparent is not None:
             bind_transparent(rt, config.transparent, listeners)
     except BaseException:
@@ -167,6 +177,10 @@ def _capture_acceptor(
     rt: Runtime, flow: Callable[[Runtime, socket.socket], Coroutine[Any, Any, None]]
 ) -> Callable[[socket.socket], None]:
     return lambda sock: rt.spawn(flow(rt, sock))
+
+
+def _ingress_acceptor(rt: Runtime, ingress: IngressConfig) -> Callable[[socket.socket], None]:
+    return lambda sock: rt.spawn(ingress_flow(rt, sock, ingress))
 
 
 def _outbound_acceptor(
@@ -260,7 +274,7 @@ async def run_sidecar(
         if not agent_box or not agent_box[0].synced.is_set():
             return False, "revocation feed not synced yet"
         if "inbound" not in bound and not any(
-            k.startswith(("outbound", "transparent")) for k in bound
+            k.startswith(("outbound", "transparent", "ingress")) for k in bound
         ):
             return False, "listeners not bound yet"
         return True, ""
@@ -284,7 +298,15 @@ async def run_sidecar(
         table=table,
         sink=sink,
         metrics=metrics,
+        http=WafRoutes(config.waf, config.ingress),
     )
+    try:
+        waf_lines = rt.http.load_configured()
+    except WafUnavailable as err:
+        rt.http.close()
+        raise NetshieldError(str(err), hint="") from None
+    for line in waf_lines:
+        log.info("WAF route %s", line)
 
     def identity() -> dict[str, Any] | None:
         creds = holder.credentials
@@ -366,13 +388,15 @@ async def run_sidecar(
         bound.update({name: bound_address(sock) for name, sock in listeners.sockets.items()})
         housekeeping = asyncio.create_task(_housekeeping(rt))
         creds = holder.credentials
-        ready_line = {
+        ready_line: dict[str, Any] = {
             "event": "ready",
             "component": "sidecar",
             "service": config.service,
             "spiffe_id": str(creds.spiffe_id) if creds else None,
             "listen": bound,
         }
+        if waf_lines:
+            ready_line["waf"] = waf_lines
         print(json.dumps(ready_line), file=out or sys.stdout, flush=True)
         log.info("sidecar %s ready: %s", config.service, bound)
         await stop.wait()
@@ -394,6 +418,7 @@ async def run_sidecar(
             await asyncio.wait(list(rt.tasks), timeout=5)
         if admin is not None:
             await admin.close()
+        rt.http.close()
         sink.close()
         for o in config.outbound:
             if o.unix is not None:

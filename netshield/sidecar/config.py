@@ -49,6 +49,14 @@ from netshield.schema import (
     load_yaml,
     validate,
 )
+from netshield.sidecar.wafconfig import (
+    WAF_SPEC,
+    IngressConfig,
+    WafConfig,
+    build_ingress,
+    build_waf,
+    ingress_spec,
+)
 
 TlsMinVersion = Literal["1.2", "1.3"]
 TransparentMode = Literal["strict", "permissive"]
@@ -181,6 +189,8 @@ class SidecarConfig:
     limits: Limits = field(default_factory=Limits)
     renewal: RenewalConfig = field(default_factory=RenewalConfig)
     tls: MeshTlsConfig = field(default_factory=MeshTlsConfig)
+    waf: WafConfig = field(default_factory=WafConfig)
+    ingress: tuple[IngressConfig, ...] = ()
 
 
 # --- specs this document needs beyond netshield.schema -------------------------------------------
@@ -423,6 +433,10 @@ SIDECAR_SPEC = Record(
             )
         ),
         "outbound": Field(ListOf(_OUTBOUND, expected="a list of outbound listeners")),
+        "waf": Field(_Optional(WAF_SPEC)),
+        "ingress": Field(
+            ListOf(ingress_spec(_Address(bind=True)), expected="a list of ingress routes")
+        ),
         "transparent": Field(
             _Optional(
                 Record(
@@ -684,6 +698,9 @@ def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
                 )
             else:
                 unix_paths[resolved] = f"{path}.unix"
+    for i, entry in _records(doc["ingress"]):
+        if isinstance(entry["listen"], HostPort):
+            binds.append((f"ingress[{i}].listen", entry["listen"]))
     inbound = doc["inbound"]
     if isinstance(inbound, dict):
         for key in ("listen", "upstream"):
@@ -779,6 +796,7 @@ def build_shared(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
     workload, inbound = doc["workload"], doc["inbound"]
+    waf = build_waf(doc["waf"], base_dir)
     return SidecarConfig(
         service=doc["service"],
         workload=None
@@ -814,6 +832,8 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
         ),
         tls=MeshTlsConfig(resumption=doc["tls"]["resumption"]),
         **build_shared(doc, base_dir),
+        waf=waf,
+        ingress=build_ingress(doc["ingress"], waf, base_dir),
     )
 
 

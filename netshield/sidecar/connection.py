@@ -119,6 +119,28 @@ class Attempt:
             close_reason=reason,
         )
 
+    def close_denied(
+        self,
+        reason: Reason,
+        detail: str,
+        *,
+        bytes_in: int,
+        bytes_out: int,
+        close_reason: Reason,
+    ) -> None:
+        """A connection that carried traffic but ended refused (a WAF route that blocked or
+        refused one of its requests): a deny record with the bytes that did move."""
+        log.info("conn=%s %s deny %s: %s", self.conn_id, self.direction, reason.value, detail)
+        self._record(
+            decision="deny",
+            reason=reason,
+            detail=detail,
+            mode="enforce",
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            close_reason=close_reason,
+        )
+
     def finish(
         self,
         decision: ConnDecision,

@@ -13,6 +13,7 @@ from netshield.recordlog import RecordSink
 from netshield.sidecar.config import SidecarConfig
 from netshield.sidecar.livetable import ConnectionTable
 from netshield.sidecar.metrics import SidecarMetrics
+from netshield.sidecar.wafroutes import WafRoutes
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     proxy: Proxy = "sidecar"  # what the records say wrapped the connections
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    http: WafRoutes = field(default_factory=WafRoutes)  # WAF engines, threads, upstream pools
 
     def emit(self, record: ConnectionRecord, handshake_seconds: float | None) -> None:
         """One record per connection: to the sink, and to the metrics."""

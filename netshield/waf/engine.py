@@ -1,80 +1,63 @@
-"""The WAF verdict engine: `inspect(request)` says allow or block, and which rules fired.
+"""The one interface every WAF engine implements, and the choice of engine for a route.
 
-It looks at the method, the request target (path and query), every header value and the body,
-each normalised first (`normalise`): percent-decoding repeated until the text is stable (so
-double-encoding does not hide an attack), lower-case, SQL comments ``/*...*/`` replaced by a
-space, NUL bytes dropped and whitespace collapsed to one space.
+An `Engine` takes a parsed request (and, when a route inspects responses, the response) and
+returns `Verdict`s; it holds no per-connection state, may be called from several threads at
+once, and its calls may take milliseconds (the route runs them off the event loop). Two
+implementations: `netshield.waf.crs.CrsEngine` (ModSecurity v3 with the OWASP CRS) and
+`netshield.waf.compact.CompactEngine` (netshield's compact rule set).
 
-Guarantees: pure and deterministic (no I/O, no clock); never raises for any `HttpRequest`; a
-request that matches any rule in `netshield.waf.rules.RULES` is blocked with every rule id that
-fired, in rule order.
+`load_engine` applies the settings' engine choice, with no silent fallback: ``crs`` loads CRS or
+raises `WafUnavailable` with one sentence; ``auto`` falls back to the compact set only when
+libmodsecurity or the CRS is not installed, and says so in the engine's `description`, which the
+route's start-up line and `netshield config check` print.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import unquote, unquote_plus
+from typing import Protocol
 
-from netshield.waf.http import HttpRequest, ParseError
-from netshield.waf.rules import RULES
-
-_MAX_DECODE_ROUNDS = 8
-_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
-_SPACE = re.compile(r"\s+")
+from netshield.waf.crs import CrsEngine, CrsUnavailable, Exchange
+from netshield.waf.http import HttpRequest, HttpResponse
+from netshield.waf.modsecurity import ModSecurityUnavailable
+from netshield.waf.settings import WafSettings
+from netshield.waf.verdict import Verdict
 
 
-@dataclass(frozen=True)
-class Verdict:
-    action: Literal["allow", "block"]
-    rule_ids: tuple[str, ...] = ()
-    detail: str = ""
+class Engine(Protocol):
+    name: str  # "crs" or "compact"
+    description: str  # engine, rule set version and settings, for start-up lines
+
+    def inspect_request(self, request: HttpRequest, exchange: Exchange) -> Verdict: ...
+
+    def inspect_exchange(
+        self, request: HttpRequest, response: HttpResponse, exchange: Exchange
+    ) -> tuple[Verdict, Verdict]: ...
+
+    def close(self) -> None: ...
 
 
-def normalise(text: str, *, plus_is_space: bool = True) -> str:
-    """Decode percent-escapes until stable, then lower-case, strip comments and NULs, and
-    collapse whitespace (see the module docstring)."""
-    decode = unquote_plus if plus_is_space else unquote
-    for _ in range(_MAX_DECODE_ROUNDS):
-        decoded = decode(text, errors="replace")
-        if decoded == text:
-            break
-        text = decoded
-    text = _COMMENT.sub(" ", text.lower()).replace("\x00", "")
-    return _SPACE.sub(" ", text)
+class WafUnavailable(Exception):
+    """A route's configured engine cannot run; the message is one sentence with the fix."""
 
 
-def _parts(request: HttpRequest) -> list[tuple[str, str]]:
-    path, _, query = request.target.partition("?")
-    parts = [("method", normalise(request.method)), ("path", normalise(path, plus_is_space=False))]
-    if query:
-        parts.append(("query", normalise(query)))
-    parts += [(f"header {name}", normalise(value)) for name, value in request.headers]
-    if request.body:
-        parts.append(("body", normalise(request.body.decode("utf-8", errors="replace"))))
-    return parts
+def load_engine(settings: WafSettings, *, route: str = "") -> Engine:
+    """The engine `settings` ask for (see the module docstring)."""
+    from netshield.waf.compact import CompactEngine
+
+    if settings.engine == "compact":
+        return CompactEngine(settings)
+    try:
+        return CrsEngine(settings)
+    except (CrsUnavailable, ModSecurityUnavailable) as err:
+        if settings.engine == "auto" and _not_installed(err):
+            return CompactEngine(settings, why=f"CRS not used: {err}")
+        where = f"WAF route {route}: " if route else ""
+        raise WafUnavailable(f"{where}{err}") from err
 
 
-def inspect(request: HttpRequest) -> Verdict:
-    """Allow, or block naming every rule that fired and where."""
-    fired: list[str] = []
-    where: list[str] = []
-    parts = _parts(request)
-    for rule in RULES:
-        for name, text in parts:
-            if rule.pattern.search(text):
-                fired.append(rule.id)
-                where.append(f"{rule.id} {rule.title} in the {name}")
-                break
-    if not fired:
-        return Verdict("allow", (), "no rule matched")
-    return Verdict("block", tuple(fired), "; ".join(where))
+def _not_installed(err: Exception) -> bool:
+    text = str(err)
+    return "not installed" in text or "no OWASP Core Rule Set" in text
 
 
-def refusal(error: ParseError) -> Verdict:
-    """The verdict for a request the parser refused."""
-    return Verdict("block", (error.rule_id,), f"{error.rule_id} {error.message}")
-
-
-__all__ = ["Verdict", "inspect", "normalise", "refusal"]
+__all__ = ["Engine", "Exchange", "WafUnavailable", "load_engine"]

@@ -1,0 +1,219 @@
+"""A binding of ModSecurity v3's C API (Debian's ``libmodsecurity3``) through ctypes.
+
+Why this binding and not the ``libmodsecurity`` wheel: ctypes releases the GIL for the whole of
+every foreign call, so rule evaluation runs in parallel with the event loop and with other
+inspections (measured: two threads inspect a 64 KiB form 1.7x as fast as one), and the library
+is the distribution's, patched by its security updates. The wheel holds the GIL for the whole
+evaluation and bundles frozen copies of OpenSSL and libxml2.
+
+`ModSecurity` owns one engine (``msc_init``) and its rules (``msc_rules_add``); `transaction`
+runs one request (and optionally its response) through the phases and returns the messages the
+rules logged and the intervention, if any. Rule text is handed over as given; the caller builds
+it (`netshield.waf.crs`).
+
+Guarantees: a library that cannot be loaded, or rules that do not parse, raise
+`ModSecurityUnavailable` with one sentence saying why (never a ctypes error); a `ModSecurity`
+may be used from several threads at once, one transaction per thread (ModSecurity's rules are
+read-only after loading, a transaction is never shared); the log callback only appends to the
+transaction's own list.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+_c = ctypes.c_void_p
+_LOG_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
+LIBRARY_NAMES = ("libmodsecurity.so.3", "libmodsecurity.so")
+
+
+class ModSecurityUnavailable(Exception):
+    """libmodsecurity cannot be loaded, or the rules cannot be loaded into it."""
+
+
+class _Intervention(ctypes.Structure):
+    _fields_ = (
+        ("status", ctypes.c_int),
+        ("pause", ctypes.c_int),
+        ("url", ctypes.c_void_p),
+        ("log", ctypes.c_void_p),
+        ("disruptive", ctypes.c_int),
+    )
+
+
+@dataclass(frozen=True)
+class Intervention:
+    status: int
+    log: str
+
+
+@dataclass
+class Outcome:
+    """What one transaction produced: the rules' log lines (in order) and the disruptive
+    intervention of the request phases and, if inspected, of the response phases."""
+
+    messages: list[str] = field(default_factory=list)
+    request: Intervention | None = None
+    response: Intervention | None = None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    size, text, num = ctypes.c_size_t, ctypes.c_char_p, ctypes.c_int
+    signatures: dict[str, tuple[object, list[object]]] = {
+        "msc_init": (_c, []),
+        "msc_who_am_i": (text, [_c]),
+        "msc_set_connector_info": (None, [_c, text]),
+        "msc_set_log_cb": (None, [_c, _LOG_CB]),
+        "msc_create_rules_set": (_c, []),
+        "msc_rules_add": (num, [_c, text, ctypes.POINTER(ctypes.c_char_p)]),
+        "msc_rules_cleanup": (num, [_c]),
+        "msc_new_transaction": (_c, [_c, _c, _c]),
+        "msc_process_connection": (num, [_c, text, num, text, num]),
+        "msc_process_uri": (num, [_c, text, text, text]),
+        "msc_add_n_request_header": (num, [_c, text, size, text, size]),
+        "msc_process_request_headers": (num, [_c]),
+        "msc_append_request_body": (num, [_c, text, size]),
+        "msc_process_request_body": (num, [_c]),
+        "msc_add_n_response_header": (num, [_c, text, size, text, size]),
+        "msc_process_response_headers": (num, [_c, num, text]),
+        "msc_append_response_body": (num, [_c, text, size]),
+        "msc_process_response_body": (num, [_c]),
+        "msc_intervention": (num, [_c, ctypes.POINTER(_Intervention)]),
+        "msc_process_logging": (num, [_c]),
+        "msc_transaction_cleanup": (None, [_c]),
+        "msc_cleanup": (None, [_c]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(lib, name)
+        function.restype = restype
+        function.argtypes = argtypes
+
+
+def load_library(names: Iterable[str] = LIBRARY_NAMES) -> ctypes.CDLL:
+    """Load libmodsecurity v3 (ctypes.CDLL: every call releases the GIL)."""
+    problems = []
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            _declare(lib)
+        except (OSError, AttributeError) as err:
+            problems.append(str(err))
+            continue
+        return lib
+    raise ModSecurityUnavailable(
+        "libmodsecurity v3 is not installed (apt-get install libmodsecurity3): "
+        + "; ".join(problems)
+    )
+
+
+class ModSecurity:
+    """One ModSecurity engine with one rule set loaded."""
+
+    def __init__(self, rules: str, *, lib: ctypes.CDLL | None = None) -> None:
+        self._lib = lib or load_library()
+        self._engine = self._lib.msc_init()
+        self._lib.msc_set_connector_info(self._engine, b"netshield")
+        self._local = threading.local()
+        self._callback = _LOG_CB(self._on_log)  # kept alive as long as the engine
+        self._lib.msc_set_log_cb(self._engine, self._callback)
+        self._rules = self._lib.msc_create_rules_set()
+        error = ctypes.c_char_p()
+        loaded = self._lib.msc_rules_add(self._rules, rules.encode(), ctypes.byref(error))
+        if loaded < 0:
+            reason = (error.value or b"unknown error").decode(errors="replace").strip()
+            self.close()
+            raise ModSecurityUnavailable(f"ModSecurity refused the rules: {reason}")
+        self.rule_count = loaded
+        self.version = (self._lib.msc_who_am_i(self._engine) or b"").decode()
+
+    def _on_log(self, _data: object, message: bytes | None) -> None:
+        sink = getattr(self._local, "sink", None)
+        if sink is not None and message:
+            sink.append(message.decode("utf-8", errors="replace"))
+
+    def close(self) -> None:
+        """Free the rules and the engine (idempotent)."""
+        if self._rules:
+            self._lib.msc_rules_cleanup(self._rules)
+            self._rules = None
+        if self._engine:
+            self._lib.msc_cleanup(self._engine)
+            self._engine = None
+
+    def _intervention(self, tx: int) -> Intervention | None:
+        it = _Intervention(status=200)
+        if not self._lib.msc_intervention(tx, ctypes.byref(it)):
+            return None
+        log = ctypes.string_at(it.log).decode("utf-8", errors="replace") if it.log else ""
+        # ModSecurity allocates url/log with malloc and leaves them to the connector.
+        libc_free(it.url)
+        libc_free(it.log)
+        return Intervention(it.status if it.disruptive else 200, log)
+
+    def transaction(
+        self,
+        *,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        method: str,
+        uri: str,
+        version: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        response: tuple[int, Iterable[tuple[str, str]], bytes] | None = None,
+    ) -> Outcome:
+        """Run one request (and `response`: status, headers, body) through all phases."""
+        lib, outcome = self._lib, Outcome()
+        self._local.sink = outcome.messages
+        tx = lib.msc_new_transaction(self._engine, self._rules, None)
+        try:
+            lib.msc_process_connection(
+                tx, client[0].encode(), client[1], server[0].encode(), server[1]
+            )
+            lib.msc_process_uri(
+                tx, uri.encode("latin-1"), method.encode("latin-1"), version.encode()
+            )
+            for name, value in headers:
+                key, val = name.encode("latin-1"), value.encode("latin-1")
+                lib.msc_add_n_request_header(tx, key, len(key), val, len(val))
+            lib.msc_process_request_headers(tx)
+            outcome.request = self._intervention(tx)
+            if outcome.request is None:
+                if body:
+                    lib.msc_append_request_body(tx, body, len(body))
+                lib.msc_process_request_body(tx)
+                outcome.request = self._intervention(tx)
+            if response is not None and outcome.request is None:
+                status, response_headers, response_body = response
+                for name, value in response_headers:
+                    key, val = name.encode("latin-1"), value.encode("latin-1")
+                    lib.msc_add_n_response_header(tx, key, len(key), val, len(val))
+                lib.msc_process_response_headers(tx, status, b"HTTP " + version.encode())
+                outcome.response = self._intervention(tx)
+                if outcome.response is None:
+                    if response_body:
+                        lib.msc_append_response_body(tx, response_body, len(response_body))
+                    lib.msc_process_response_body(tx)
+                    outcome.response = self._intervention(tx)
+            lib.msc_process_logging(tx)
+        finally:
+            lib.msc_transaction_cleanup(tx)
+            self._local.sink = None
+        return outcome
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+_libc.free.argtypes = [ctypes.c_void_p]
+_libc.free.restype = None
+
+
+def libc_free(pointer: int | None) -> None:
+    if pointer:
+        _libc.free(pointer)
+
+
+__all__ = ["LIBRARY_NAMES", "Intervention", "ModSecurity", "ModSecurityUnavailable", "Outcome"]
