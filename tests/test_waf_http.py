@@ -48,42 +48,145 @@ def test_forwarded_bytes_are_the_parsed_request_with_connection_close() -> None:
     assert chunked.to_bytes().endswith(b"Content-Length: 5\r\nConnection: close\r\n\r\nabcde")
 
 
-@pytest.mark.parametrize(
-    ("data", "rule_id"),
-    [
-        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", "NS-920110"),
-        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n", "NS-920110"),
-        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", "NS-920110"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 70000\r\n\r\n" + b"a" * 70000, "NS-920120"),
-        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "NS-920130"),
-        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", "NS-920130"),
-        (b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "NS-920100"),
-        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "NS-920100"),
-        (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", "NS-920100"),
-    ],
-    ids=[
-        "long-header",
-        "long-target",
-        "many-headers",
-        "big-body",
-        "upgrade",
-        "connect",
-        "smuggle",
-        "tls",
-        "no-colon",
-    ],
-)
-def test_malformed_or_oversized_requests_are_refused_with_a_protocol_rule(
+H = b"Host: a\r\n"
+REFUSED = {
+    "long-header": (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", "NS-920110"),
+    "long-target": (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n", "NS-920110"),
+    "many-headers": (b"GET / HTTP/1.1\r\n" + H + b"X: y\r\n" * 101 + b"\r\n", "NS-920110"),
+    "big-body": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1100000\r\n\r\n", "NS-920120"),
+    "big-chunked": (
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"10000\r\n"
+        + b"a" * 0x10000
+        + b"\r\n" * 1
+        + (b"10000\r\n" + b"a" * 0x10000 + b"\r\n") * 16,
+        "NS-920120",
+    ),
+    "upgrade": (
+        b"GET / HTTP/1.1\r\n" + H + b"Upgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        "NS-920130",
+    ),
+    "connect": (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", "NS-920130"),
+    "te-and-cl": (
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "NS-920140",
+    ),
+    "duplicate-cl": (
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        "NS-920140",
+    ),
+    "conflicting-cl": (
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "NS-920140",
+    ),
+    "cl-list": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3, 3\r\n\r\nabc", "NS-920140"),
+    "te-not-chunked": (
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\nabc",
+        "NS-920140",
+    ),
+    "te-chunked-twice": (
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "NS-920140",
+    ),
+    "te-in-http10": (
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "NS-920140",
+    ),
+    "obs-fold": (b"GET / HTTP/1.1\r\n" + H + b"X-A: b\r\n c\r\n\r\n", "NS-920140"),
+    "bare-lf": (b"GET / HTTP/1.1\nHost: a\n\n", "NS-920140"),
+    "bare-lf-in-head": (b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", "NS-920140"),
+    "bare-lf-chunk": (
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        "NS-920140",
+    ),
+    "no-host": (b"GET / HTTP/1.1\r\n\r\n", "NS-920150"),
+    "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "NS-920150"),
+    "absolute-form-other-host": (
+        b"GET http://evil.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        "NS-920150",
+    ),
+    "expect-other": (
+        b"POST / HTTP/1.1\r\n" + H + b"Expect: 200-ok\r\nContent-Length: 1\r\n\r\na",
+        "NS-920160",
+    ),
+    "tls": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "NS-920100"),
+    "no-colon": (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", "NS-920100"),
+    "space-before-colon": (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", "NS-920100"),
+}
+
+
+@pytest.mark.parametrize(("data", "rule_id"), REFUSED.values(), ids=REFUSED.keys())
+def test_malformed_smuggling_shaped_or_oversized_requests_are_refused_with_a_protocol_rule(
     data: bytes, rule_id: str
 ) -> None:
     reqs, err = parse([data])
     assert reqs == [] and err == rule_id
 
 
+def test_refusals_carry_the_status_to_answer_with() -> None:
+    statuses = {}
+    for name, (data, _rule) in REFUSED.items():
+        try:
+            RequestParser().feed(data)
+        except ParseError as err:
+            statuses[name] = err.status
+    assert statuses["long-header"] == 431 and statuses["big-body"] == 413
+    assert statuses["duplicate-cl"] == 400 and statuses["expect-other"] == 417
+
+
+def test_trailers_are_dropped_never_promoted_to_headers() -> None:
+    data = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Admin: yes\r\n\r\n"
+    )
+    (req,), err = parse([data])
+    assert err == "" and req.body == b"abc" and req.trailers_dropped == 1
+    assert req.header("x-admin") is None and b"X-Admin" not in req.to_bytes()
+    (plain,), _ = parse([data.replace(b"X-Admin: yes\r\n", b"")])
+    assert plain.trailers_dropped == 0
+
+
+def test_an_absolute_form_target_with_the_hosts_own_name_is_accepted() -> None:
+    (req,), err = parse([b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n"])
+    assert err == "" and req.target == "http://a/x"
+    _, err = parse([b"GET http://a:8080/x HTTP/1.1\r\nHost: a\r\n\r\n"])
+    assert err == "NS-920150"
+
+
+def test_expect_continue_shows_the_head_before_the_body_arrives() -> None:
+    parser = RequestParser()
+    parser.feed(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    assert parser.head is not None and parser.head.expect_continue and not parser.requests
+    parser.feed(b"abc")
+    assert parser.head is None and parser.requests[0].body == b"abc"
+    assert b"Expect" not in parser.requests[0].to_bytes()
+    plain = RequestParser()
+    plain.feed(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+    assert plain.head is not None and not plain.head.expect_continue
+
+
+def test_a_content_length_over_the_limit_is_refused_before_the_body_arrives() -> None:
+    parser = RequestParser(Limits(max_body=10))
+    with pytest.raises(ParseError) as err:
+        parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n")
+    assert err.value.status == 413
+    ok = RequestParser(Limits(max_body=10))
+    ok.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    assert ok.head is not None
+
+
 def test_the_same_requests_are_accepted_within_the_limits() -> None:
     reqs, err = parse([b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 10_000 + b"\r\n\r\n"])
     assert err == "" and len(reqs) == 1
-    reqs, err = parse([b"POST / HTTP/1.1\r\nContent-Length: 60000\r\n\r\n" + b"a" * 60000])
+    reqs, err = parse(
+        [b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\n" + b"a" * 60000]
+    )
     assert err == "" and len(reqs[0].body) == 60000
 
 
@@ -118,4 +221,4 @@ def test_any_chunking_gives_the_same_result_as_one_chunk(data: bytes, cuts: list
 def test_arbitrary_bytes_give_requests_or_a_parse_error_and_nothing_else(data: bytes) -> None:
     reqs, err = parse([data])
     assert all(isinstance(r, HttpRequest) for r in reqs)
-    assert err in ("", "NS-920100", "NS-920110", "NS-920120", "NS-920130")
+    assert err in ("", *{rule for _, rule in REFUSED.values()})

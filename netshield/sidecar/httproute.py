@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from netshield.authz import ConnDecision
 from netshield.reasons import Reason
@@ -69,6 +69,7 @@ _PHRASES = {
     505: "HTTP Version Not Supported",
 }
 
+T = TypeVar("T")
 Dial = Callable[[], Awaitable["Upstream | tuple[Reason, str]"]]
 
 
@@ -97,6 +98,12 @@ def answer(status: int, text: str, *, close: bool) -> bytes:
 
 def _path(target: str) -> str:
     return target.partition("?")[0][:200]
+
+
+async def _within(aw: Awaitable[T], seconds: float) -> T:
+    """`aw`, or TimeoutError after `seconds` (asyncio.timeout: cancellation is never lost)."""
+    async with asyncio.timeout(seconds):
+        return await aw
 
 
 class _Timeout(Exception):
@@ -172,7 +179,7 @@ class HttpConnection:
                 if timeout <= 0:
                     raise _Timeout
             try:
-                data = await asyncio.wait_for(self.reader.read(_READ), timeout)
+                data = await _within(self.reader.read(_READ), timeout)
             except TimeoutError:
                 if parser.idle:
                     self.state.close_reason = Reason.IDLE_TIMEOUT
@@ -197,7 +204,7 @@ class HttpConnection:
         return parser.requests.popleft()
 
     async def drain(self) -> None:
-        await asyncio.wait_for(self.writer.drain(), self.io_timeout)
+        await _within(self.writer.drain(), self.io_timeout)
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -326,7 +333,7 @@ class HttpConnection:
                 return status, False
             try:
                 conn.writer.write(data)
-                await asyncio.wait_for(conn.writer.drain(), self.io_timeout)
+                await _within(conn.writer.drain(), self.io_timeout)
                 self.state.bytes_in += len(data)
                 status, reusable, ok = await self.relay_response(conn, request)
             except _UpstreamFailed as err:
@@ -365,7 +372,7 @@ class HttpConnection:
         received = 0
         while True:
             try:
-                data = await asyncio.wait_for(conn.reader.read(_READ), self.io_timeout)
+                data = await _within(conn.reader.read(_READ), self.io_timeout)
             except TimeoutError:
                 raise _UpstreamFailed(
                     Reason.IDLE_TIMEOUT, "the service sent no response within limits.idle_timeout"
