@@ -34,7 +34,6 @@ _TOTAL = re.compile(r"Total Score: (\d+)")
 _POINTS = {"0": 5, "1": 5, "2": 5, "3": 4, "4": 3, "5": 2}
 # Evaluation and correlation rules: they report the score, they are not a detection.
 _EVALUATION = frozenset({"949110", "949111", "959100", "959101", "980130", "980140"})
-NETSHIELD_EXCLUSION_IDS = range(9_990_000, 9_990_100)
 
 
 class CrsUnavailable(Exception):
@@ -58,20 +57,52 @@ def crs_version(rules_dir: Path) -> str:
     return found.group(1).decode() if found else "unknown"
 
 
-# netshield's content exclusions (ids 9990000-9990099): documented in the README's WAF section.
-# They narrow rules whose false positives the benign corpus showed on real content types.
-_CONTENT_EXCLUSIONS = """
-# GraphQL: a query document is code by design (braces, parentheses, keywords); its variables
-# stay inspected as JSON.
-SecRule REQUEST_HEADERS:Content-Type "@rx ^application/graphql" \\
-    "id:9990001,phase:1,pass,nolog,t:none,t:lowercase,ctl:requestBodyProcessor=URLENCODED,\\
-    ctl:ruleRemoveTargetByTag=attack-sqli;REQUEST_BODY,\\
-    ctl:ruleRemoveTargetByTag=attack-rce;REQUEST_BODY"
-SecRule REQUEST_HEADERS:Content-Type "@rx ^application/json" \\
-    "id:9990002,phase:1,pass,nolog,t:none,t:lowercase,\\
-    ctl:ruleRemoveTargetByTag=attack-sqli;ARGS:json.query,\\
-    ctl:ruleRemoveTargetByTag=attack-rce;ARGS:json.query"
-"""
+# netshield's content exclusions (documented in the README's WAF section): in the fields where
+# posts carry prose and code snippets (form fields and JSON keys named in free_text_fields),
+# the rules that match shell, PHP and SQL *syntax* are off; every other rule (XSS, SQL injection
+# by libinjection, traversal, RFI, Java/Log4Shell, ...) still inspects them.
+CONTENT_EXCLUDED_RULES = (932100, 932105, 932110, 932115, 932150, 933210, 942360)
+CRS_CONTENT_TYPES = (
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "multipart/related",
+    "text/xml",
+    "application/xml",
+    "application/soap+xml",
+    "application/json",
+    "application/cloudevents+json",
+    "application/cloudevents-batch+json",
+)
+
+
+def _content_exclusions(fields: Iterable[str]) -> list[str]:
+    names = [f for f in fields if f]
+    if not names:
+        return []
+    target = "|".join(f"!ARGS:{f}|!ARGS:json.{f}" for f in names)
+    lines = [f'SecRuleUpdateTargetById {rule} "{target}"' for rule in CONTENT_EXCLUDED_RULES]
+    # GraphQL over HTTP: the query document (JSON key "query" of a POST to .../graphql) is code.
+    ctl = ",".join(
+        f"ctl:ruleRemoveTargetById={rule};ARGS:json.query" for rule in CONTENT_EXCLUDED_RULES
+    )
+    lines.append(
+        f'SecRule REQUEST_FILENAME "@endsWith /graphql" "id:9990001,phase:1,pass,nolog,{ctl}"'
+    )
+    return lines
+
+
+# netshield's supplementary rules (ids 9990100-9990199), evaluated with the CRS rules before
+# CRS's blocking evaluation: detections CRS 3.3 lacks at paranoia level 1.
+SUPPLEMENTARY_RULES = (
+    # Log4Shell-style lookups anywhere (CRS 3.3.4 only sees some of them in arguments).
+    "SecRule REQUEST_URI|REQUEST_HEADERS|ARGS|ARGS_NAMES|REQUEST_COOKIES|REQUEST_BODY "
+    '"@rx \\$\\{\\s*(?:jndi\\s*:|\\$\\{\\s*(?:lower|upper|::-|env:|date:|sys:|java:|base64:))" '
+    '"id:9990100,phase:2,block,capture,t:none,t:urlDecodeUni,t:lowercase,log,'
+    "msg:'Log4Shell-style JNDI lookup',logdata:'Matched Data: %{TX.0} found within "
+    "%{MATCHED_VAR_NAME}',severity:'CRITICAL',tag:'attack-rce',tag:'netshield',"
+    "setvar:'tx.rce_score=+%{tx.critical_anomaly_score}',"
+    "setvar:'tx.anomaly_score_pl1=+%{tx.critical_anomaly_score}'\"",
+)
 
 
 def _exclusion_lines(exclusions: Iterable[Exclusion]) -> list[str]:
@@ -89,6 +120,7 @@ def crs_config(settings: WafSettings, rules_dir: Path) -> str:
     response = "On" if settings.inspect_responses else "Off"
     body = settings.max_body
     files = sorted(p for p in rules_dir.glob("*.conf"))
+    types = " ".join(f"|{t}|" for t in (*CRS_CONTENT_TYPES, *settings.extra_content_types))
     lines = [
         "SecRuleEngine On",
         "SecRequestBodyAccess On",
@@ -125,11 +157,18 @@ def crs_config(settings: WafSettings, rules_dir: Path) -> str:
         f'SecAction "id:900110,phase:1,nolog,pass,t:none,'
         f"setvar:tx.inbound_anomaly_score_threshold={settings.inbound_threshold},"
         f'setvar:tx.outbound_anomaly_score_threshold={settings.outbound_threshold}"',
+        f'SecAction "id:900200,phase:1,nolog,pass,t:none,'
+        f"setvar:'tx.allowed_methods={' '.join(settings.allowed_methods)}'\"",
+        f'SecAction "id:900220,phase:1,nolog,pass,t:none,'
+        f"setvar:'tx.allowed_request_content_type={types}'\"",
         'SecAction "id:900990,phase:1,nolog,pass,t:none,setvar:tx.crs_setup_version=334"',
     ]
+    for path in files:
+        if path.name.startswith("REQUEST-949"):
+            lines += SUPPLEMENTARY_RULES
+        lines.append(f"Include {path}")
     if settings.content_exclusions:
-        lines.append(_CONTENT_EXCLUSIONS.strip())
-    lines += [f"Include {path}" for path in files]
+        lines += _content_exclusions(settings.free_text_fields)
     lines += _exclusion_lines(settings.exclusions)
     return "\n".join(lines) + "\n"
 
@@ -252,7 +291,8 @@ class CrsEngine:
 
 
 __all__ = [
-    "NETSHIELD_EXCLUSION_IDS",
+    "CONTENT_EXCLUDED_RULES",
+    "SUPPLEMENTARY_RULES",
     "CrsEngine",
     "CrsUnavailable",
     "Exchange",

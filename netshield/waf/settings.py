@@ -23,6 +23,19 @@ EngineName = Literal["crs", "compact", "auto"]
 WafMode = Literal["off", "detect", "block"]
 
 DEFAULT_CRS_RULES = Path("/usr/share/modsecurity-crs")
+FREE_TEXT_FIELDS = (
+    "body",
+    "comment",
+    "content",
+    "message",
+    "text",
+    "description",
+    "post",
+    "reply",
+    "snippet",
+    "code",
+    "markdown",
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,10 @@ class WafSettings:
     inbound_threshold: int = 5  # CRS inbound anomaly score that blocks a request
     outbound_threshold: int = 4  # CRS outbound anomaly score that blocks a response
     exclusions: tuple[Exclusion, ...] = ()
-    content_exclusions: bool = True  # netshield's shipped exclusions for JSON/GraphQL/posts
+    content_exclusions: bool = True  # netshield's shipped exclusions for prose/code fields
+    free_text_fields: tuple[str, ...] = FREE_TEXT_FIELDS  # where posts carry prose and code
+    allowed_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "OPTIONS", "PUT", "PATCH", "DELETE")
+    extra_content_types: tuple[str, ...] = ()  # request content types CRS allows beyond its own
     inspect_responses: bool = False  # CRS 950-959 data-leakage rules on response bodies
     max_body: int = 1024 * 1024  # request bodies over this are refused (413), all inspected
     max_response_body: int = 512 * 1024  # response bytes inspected when inspect_responses
@@ -67,4 +83,11 @@ class WafSettings:
         )
 
 
-__all__ = ["DEFAULT_CRS_RULES", "EngineName", "Exclusion", "WafMode", "WafSettings"]
+__all__ = [
+    "DEFAULT_CRS_RULES",
+    "FREE_TEXT_FIELDS",
+    "EngineName",
+    "Exclusion",
+    "WafMode",
+    "WafSettings",
+]
