@@ -81,8 +81,8 @@ def test_without_a_waf_section_routes_use_crs_when_installed_else_the_compact_se
         ),
         (
             "admin: {listen: '127.0.0.1:9000'}\ningress: [{listen: '127.0.0.1:9000', service: orders}]",
-            "ingress[0].listen",
-            "clashes",
+            "admin.listen",
+            "clashes with ingress[0].listen",
         ),
     ],
 )
