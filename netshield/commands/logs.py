@@ -67,6 +67,12 @@ def register(sub: Any) -> None:
     p.add_argument("--until", help="RFC 3339 time, date, or duration ago")
     p.add_argument("--conn", action="append", default=[], help="connection id (repeatable)")
     p.add_argument(
+        "--waf-rule",
+        action="append",
+        default=[],
+        help="a WAF rule id that matched a request, e.g. 942100 (repeatable)",
+    )
+    p.add_argument(
         "--follow",
         "-f",
         action="store_true",
@@ -106,6 +112,7 @@ def _filter(args: argparse.Namespace, now: datetime) -> Any:
         peers=frozenset(args.peer),
         reasons=frozenset(codes),
         conn_ids=frozenset(args.conn),
+        waf_rules=frozenset(r.strip().upper() for r in args.waf_rule),
         since=times["since"],
         until=times["until"],
     )

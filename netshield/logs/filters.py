@@ -12,6 +12,7 @@ must hold (AND); a criterion given several times matches any of its values (OR).
 | --reason CODE | the reason or the close reason |
 | --since/--until T | started at or after / before T (RFC 3339, a date, or a duration ago: 90s, 15m, 2h, 7d) |
 | --conn ID | the connection id |
+| --waf-rule ID | a WAF rule (CRS id such as 942100, or NS-9xxxxx) matched one of its requests |
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class RecordFilter:
     peers: frozenset[str] = frozenset()
     reasons: frozenset[str] = frozenset()
     conn_ids: frozenset[str] = frozenset()
+    waf_rules: frozenset[str] = frozenset()
     since: datetime | None = None
     until: datetime | None = None
 
@@ -70,6 +72,10 @@ class RecordFilter:
         if self.conn_ids and record.conn_id not in self.conn_ids:
             return False
         if self.denied and not would_deny(record):
+            return False
+        if self.waf_rules and not (
+            record.waf is not None and self.waf_rules & set(record.waf.rule_ids)
+        ):
             return False
         if self.reasons and not (
             record.reason in self.reasons or record.close_reason in self.reasons

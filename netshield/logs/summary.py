@@ -50,6 +50,8 @@ class Summary:
         self.decisions: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.close_reasons: Counter[str] = Counter()
+        self.waf_rules: Counter[str] = Counter()  # requests each WAF rule matched
+        self.waf_actions: Counter[str] = Counter()  # requests by WAF action
         self.pairs: TopK[tuple[str, str], PairStats] = TopK(
             PairStats, lambda p: p.connections, capacity=capacity
         )
@@ -67,12 +69,25 @@ class Summary:
             self.reasons[record.reason] += 1
         elif record.close_reason:
             self.close_reasons[record.close_reason] += 1
+        if record.waf is not None:
+            self._add_waf(record)
         ends = parties(record)
         pair = self.pairs.get((ends.caller, ends.callee))
         setattr(pair, decision, getattr(pair, decision) + 1)
         pair.bytes_in += record.bytes_in
         pair.bytes_out += record.bytes_out
         self.durations.add(record.duration_ms)
+
+    def _add_waf(self, record: ConnectionRecord) -> None:
+        waf = record.waf
+        assert waf is not None
+        if waf.requests:
+            for request in waf.requests:
+                self.waf_actions[request.action] += 1
+                self.waf_rules.update(request.rule_ids)
+        else:  # records without per-request verdicts
+            self.waf_actions[waf.action] += 1
+            self.waf_rules.update(waf.rule_ids)
 
     def quantiles(self) -> dict[str, float | None]:
         return {
@@ -89,6 +104,8 @@ class Summary:
             "decisions": dict(sorted(self.decisions.items())),
             "reasons": dict(self.reasons.most_common()),
             "close_reasons": dict(self.close_reasons.most_common()),
+            "waf_actions": dict(self.waf_actions.most_common()),
+            "waf_rules": dict(self.waf_rules.most_common()),
             "pairs": [
                 {"caller": caller, "callee": callee, **vars(stats)}
                 for (caller, callee), stats in self.pairs.top(len(self.pairs))
@@ -112,6 +129,14 @@ class Summary:
         if self.close_reasons:
             out.append("allowed, by how they closed:")
             out += [f"  {code:<28} {n:>10}" for code, n in self.close_reasons.most_common()]
+        if self.waf_actions:
+            out.append(
+                "WAF requests: "
+                + ", ".join(f"{a} {n}" for a, n in sorted(self.waf_actions.items()))
+            )
+        if self.waf_rules:
+            out.append("WAF rules, by requests matched:")
+            out += [f"  {rule:<28} {n:>10}" for rule, n in self.waf_rules.most_common(self.top)]
         note = (
             "" if self.pairs.exact else f" (approximate: counts may be low by {self.pairs.error:g})"
         )
