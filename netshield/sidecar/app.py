@@ -136,7 +136,10 @@ def bind_listeners(rt: Runtime, config: SidecarConfig) -> Listeners:
             )
         for index, ingress in enumerate(config.ingress):
             sock = bind_tcp(ingress.listen, what=f"ingress[{index}].listen")
-            listeners.sockets[ingress.name] = sock
+            name, n = ingress.name, 2
+            while name in listeners.sockets:  # several ingress routes to one service
+                name, n = f"{ingress.name}#{n}", n + 1
+            listeners.sockets[name] = sock
             listeners.tasks.append(
                 asyncio.create_task(accept_loop(sock, _ingress_acceptor(rt, ingress)))
             )
