@@ -261,7 +261,10 @@ async def http_get_through(address: str, path: str, timeout: float = STEP_TIMEOU
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: orders\r\nUser-Agent: netshield-demo\r\n"
+            "Accept: */*\r\nConnection: close\r\n\r\n".encode()
+        )
         await writer.drain()
         with contextlib.suppress(ConnectionError):
             return await asyncio.wait_for(reader.read(), timeout)
@@ -497,6 +500,8 @@ async def _start_mesh(
                 "frontend",
                 "frontend",
                 outbound=[*outbound, {"service": "inventory", "listen": "127.0.0.1:0"}],
+                waf={"engine": "auto"},  # ModSecurity + OWASP CRS when installed
+                ingress=[{"listen": "127.0.0.1:0", "service": "orders"}],
             ),
             True,
         ),
@@ -535,8 +540,12 @@ async def _start_mesh(
     n.say(
         f"sidecars attested and ready: orders (inbound {orders_inbound} -> app {app_address}), "
         f"frontend and intruder (outbound listeners to orders); frontend also has a WAF route "
-        f"to inventory, a native HTTP service without a sidecar"
+        f"to inventory, a native HTTP service without a sidecar, and an ingress WAF route "
+        f"for native clients of orders"
     )
+    frontend_ready = sidecars["frontend"].ready or {}
+    for line in frontend_ready.get("waf", []):
+        n.say(f"  WAF route {line}")
     n.say(f"connection records: {stage.records}/<sidecar>.jsonl\n")
     return stage
 
@@ -574,30 +583,59 @@ async def _data_plane_steps(n: Narrator, stage: Stage) -> None:
     )
 
 
+def _rule_of_sqli(rules: list[str]) -> str | None:
+    """The SQL injection rule that fired: CRS 942100 (libinjection) or the compact NS-942100."""
+    return next((r for r in rules if r in ("942100", "NS-942100")), None)
+
+
 async def _waf_step(n: Narrator, stage: Stage, seen: list[str]) -> None:
     route = stage.sidecars["frontend"].listen("outbound:inventory")
     benign = await http_get_through(route, "/items?supplier=O%27Reilly")
     attack = await http_get_through(route, "/items?id=1'%20OR%20'1'='1")
     rec = await wait_record(
-        stage.record_file("frontend"), lambda r: r.get("reason") == "WAF_BLOCKED"
+        stage.record_file("frontend"),
+        lambda r: r.get("reason") == "WAF_BLOCKED" and r.get("listener") != "ingress:orders",
     )
-    rules = (rec or {}).get("waf") or {}
+    waf = (rec or {}).get("waf") or {}
+    rule = _rule_of_sqli(waf.get("rule_ids") or [])
     benign_line = benign.split(b"\r\n", 1)[0].decode(errors="replace")
     attack_line = attack.split(b"\r\n", 1)[0].decode(errors="replace")
     reached = [target for target in seen if "id=" in target]
     n.step(
-        "frontend sends inventory (native, WAF route) a benign request and an SQL injection",
-        "benign 200; injection 403 WAF_BLOCKED, never reaches inventory",
+        "frontend sends inventory (native, WAF route) a benign request with an apostrophe and "
+        "an SQL injection",
+        "benign 200; injection 403 WAF_BLOCKED with its rule id, never reaches inventory",
         f"benign {benign_line or 'no answer'}; injection {attack_line or 'no answer'} "
-        f"rules {rules.get('rule_ids')}; {record_words(rec, 'frontend')}; "
-        f"{len(reached)} injected requests reached inventory",
+        f"rule {rule} ({waf.get('engine') or '?'} engine, rules {waf.get('rule_ids')}); "
+        f"{record_words(rec, 'frontend')}; {len(reached)} injected requests reached inventory",
         " 200 " in benign_line
         and " 403 " in attack_line
         and rec is not None
         and rec.get("decision") == "deny"
-        and "NS-942100" in (rules.get("rule_ids") or [])
+        and rule is not None
         and not reached
         and "/items?supplier=O%27Reilly" in seen,
+    )
+    await _ingress_step(n, stage)
+
+
+async def _ingress_step(n: Narrator, stage: Stage) -> None:
+    route = stage.sidecars["frontend"].listen("ingress:orders")
+    benign = await http_get_through(route, "/?customer=O%27Brien")
+    attack = await http_get_through(route, "/?q=%3Cscript%3Ealert(1)%3C/script%3E")
+    rec = await wait_record(
+        stage.record_file("frontend"),
+        lambda r: r.get("listener") == "ingress:orders" and r.get("reason") == "WAF_BLOCKED",
+    )
+    benign_line = benign.split(b"\r\n", 1)[0].decode(errors="replace")
+    attack_line = attack.split(b"\r\n", 1)[0].decode(errors="replace")
+    waf = (rec or {}).get("waf") or {}
+    n.step(
+        "a native client (no sidecar) calls orders through frontend's ingress WAF route",
+        "benign 200 from orders over mesh mTLS; XSS 403 WAF_BLOCKED at the ingress",
+        f"benign {benign_line or 'no answer'}; XSS {attack_line or 'no answer'} "
+        f"rules {waf.get('rule_ids')}",
+        " 200 " in benign_line and " 403 " in attack_line and bool(waf.get("rule_ids")),
     )
 
 
@@ -765,6 +803,7 @@ def _print_try(n: Narrator, stage: Stage) -> None:
         f"  curl \"http://{frontend.listen('outbound:inventory')}/?id=1'%20OR%20'1'='1\""
         "    # WAF: 403"
     )
+    n.say(f"  curl http://{frontend.listen('ingress:orders')}/    # ingress WAF route -> orders")
     n.say(f"  netshield logs --follow {stage.record_file('orders')}")
     n.say(f"  netshield status --admin {frontend.listen('admin')}")
     n.say(f"  export NETSHIELD_CAS={stage.cas_url} NETSHIELD_ADMIN={stage.layout.admin_dir}")

@@ -46,7 +46,7 @@ def test_demo_plays_every_step_with_real_processes_in_under_a_minute(tmp_path: P
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert took < 60, took
     steps = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert len(steps) == 8 and all(line.startswith("[ok]") for line in steps), steps
+    assert len(steps) == 9 and all(line.startswith("[ok]") for line in steps), steps
     assert all("expected" in line and "observed" in line for line in steps)
     for code in CODES:
         assert code in proc.stdout, code
@@ -59,6 +59,12 @@ def test_demo_plays_every_step_with_real_processes_in_under_a_minute(tmp_path: P
         r["decision"] == "allow" and r["peer_identity"].endswith("/svc/frontend") for r in orders
     )
     assert any(r["close_reason"] == "PEER_REVOKED" for r in orders)
+    # the WAF steps ran ModSecurity + the OWASP CRS (installed by scripts/test), egress and ingress
+    frontend = [r for r in records(recs / "frontend.jsonl") if r["reason"] == "WAF_BLOCKED"]
+    assert {r["listener"] == "ingress:orders" for r in frontend} == {True, False}
+    assert all(r["waf"]["engine"] == "crs" for r in frontend)
+    assert any("942100" in r["waf"]["rule_ids"] for r in frontend)
+    assert "OWASP CRS 3.3.4" in proc.stdout
     intruder = records(recs / "intruder.jsonl")
     assert [r["reason"] for r in intruder if r["decision"] == "deny"] == ["PEER_NOT_AUTHORIZED"]
     # nothing is left running: every child process was stopped

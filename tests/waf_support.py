@@ -35,7 +35,7 @@ from netshield.waf.settings import WafSettings
 SIDECAR_YAML = """
 service: frontend
 cas: {url: "https://127.0.0.1:1", ca: ca.pem}
-platform: platform
+platform: {in_process: platform}
 workload: {path: ., cmd: "true"}
 """
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from datetime import UTC, datetime
 from typing import Any
 
 from netshield.authz import authorize_outbound, may_call_decision
@@ -25,7 +26,6 @@ from netshield.net.callers import caller_of
 from netshield.netaddr import HostPort
 from netshield.reasons import Reason
 from netshield.sidecar.connection import Attempt, admit, close_socket
-from netshield.sidecar.flows import registry_address
 from netshield.sidecar.httproute import HttpRoute, serve_http_route
 from netshield.sidecar.native import _address
 from netshield.sidecar.runtime import Runtime
@@ -86,7 +86,13 @@ async def dial_mesh(
     peer = peer_info(writer.get_extra_info("ssl_object"))
     creds = contexts.credentials
     decision = authorize_outbound(
-        creds.policy, service, peer, rt.revocations.check, policy_version=creds.policy_version
+        creds.policy,
+        service,
+        peer,
+        rt.revocations.check,
+        policy_version=creds.policy_version,
+        now=datetime.now(UTC),
+        feed_epoch=rt.revocations.min_epoch,
     )
     if not decision.allowed:
         writer.transport.abort()
@@ -113,7 +119,7 @@ async def _serve(
         return
     creds = contexts.credentials
     pre = may_call_decision(creds.policy, ingress.service, policy_version=creds.policy_version)
-    target = ingress.address or registry_address(creds.policy, ingress.service)
+    target = ingress.address or creds.policy.address_of(ingress.service)
     if not pre.allowed or target is None:
         attempt.deny(
             pre.reason if not pre.allowed else Reason.DESTINATION_UNKNOWN,
@@ -169,6 +175,8 @@ async def _serve(
             conn.peer,
             rt.revocations.check,
             policy_version=current.credentials.policy_version,
+            now=datetime.now(UTC),
+            feed_epoch=rt.revocations.min_epoch,
         ).allowed
 
     route = HttpRoute(
