@@ -437,12 +437,49 @@ def _drained(ctx: _Ctx) -> None:
         )
 
 
+def _waf_where(ctx: _Ctx) -> str:
+    listener = ctx.record.listener
+    if listener.startswith("ingress:"):
+        return f"ingress[service: {listener.split(':', 1)[1]}].waf"
+    return f"waf.routes.{ctx.ends.callee} (or waf) in the sidecar config"
+
+
 def _waf(ctx: _Ctx) -> None:
     waf = ctx.record.waf
     rules = ", ".join(waf.rule_ids) if waf and waf.rule_ids else "unknown rules"
     ctx.say(f"Denied by the web application firewall (rules {rules}): {ctx.record.detail}.")
-    ctx.clause = f"native_services.{ctx.ends.callee}.waf"
-    ctx.change = "fix the request, or tune the WAF rule set if it is a false positive"
+    blocked = [r for r in waf.requests if r.action == "block"] if waf else []
+    for request in blocked[:3]:
+        where = ", ".join(f"{rule} in {var}" for rule, var in request.matched if var) or "-"
+        ctx.say(
+            f"Request {request.request_id} ({request.method} {request.path}) scored "
+            f"{request.anomaly_score}: {where}."
+        )
+    ctx.clause = _waf_where(ctx)
+    ctx.change = (
+        "fix the request, or if it is a false positive add an exclusion for that rule and "
+        "variable (waf.exclusions: [{rule: ID, target: VARIABLE}]) or raise the threshold"
+    )
+
+
+def _http_refused(ctx: _Ctx) -> None:
+    waf = ctx.record.waf
+    rules = ", ".join(waf.rule_ids) if waf and waf.rule_ids else "a protocol rule"
+    ctx.say(
+        f"Refused before inspection by the WAF route's HTTP/1.1 checks ({rules}): "
+        f"{ctx.record.detail}. Nothing of that request reached the service."
+    )
+    ctx.clause = _waf_where(ctx)
+    ctx.change = (
+        "fix the client (smuggling-shaped or malformed requests are never forwarded), or "
+        "raise waf.max_head / waf.max_body if the request was only too large"
+    )
+
+
+def _request_timeout(ctx: _Ctx) -> None:
+    ctx.say(f"The caller did not send a whole request in time: {ctx.record.detail}.")
+    ctx.clause = _waf_where(ctx) + ", key request_timeout"
+    ctx.change = "raise waf.request_timeout if clients upload slowly; nothing was forwarded"
 
 
 def _attestation(code: str) -> Explainer:
@@ -522,6 +559,8 @@ EXPLAINERS: dict[str, Explainer] = {
     # codes of the transparent-capture and WAF issues, explained before they exist in `Reason`
     "DESTINATION_NOT_IN_MESH": _not_in_mesh,
     "WAF_BLOCKED": _waf,
+    Reason.HTTP_REFUSED: _http_refused,
+    Reason.REQUEST_TIMEOUT: _request_timeout,
 }
 """An explainer for every reason and close-reason code the data plane writes."""
 
