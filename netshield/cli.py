@@ -148,6 +148,7 @@ def _check_waf_routes(path: Path, config: Any) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     from netshield.policy import parse_policy
     from netshield.schema import load_yaml
+    from netshield.shield.config import load_shield_config, looks_like_shield_config
     from netshield.sidecar.config import detect_kind, file_problems, parse_sidecar_config
 
     path = Path(args.file)
@@ -156,7 +157,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"{path}: cannot read ({err})") from None
     try:
-        if detect_kind(load_yaml(text, str(path))) == "sidecar":
+        doc = load_yaml(text, str(path))
+        if looks_like_shield_config(doc):
+            shield = load_shield_config(path)
+            print(
+                f"{path}: valid in-process shield config for service {shield.service} "
+                f"(listening sockets {shield.inbound.default} by default, "
+                f"{len(shield.inbound.ports)} port rules; {len(shield.outbound.destinations)} "
+                f"outbound destinations, outside the mesh {shield.outbound.default}; admin "
+                f"{'on ' + str(shield.admin.listen) if shield.admin else 'off'})"
+            )
+            return 0
+        if detect_kind(doc) == "sidecar":
             config = parse_sidecar_config(text, source=str(path), base_dir=path.parent)
             problems = file_problems(config)
             if problems:

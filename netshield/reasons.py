@@ -109,6 +109,7 @@ class Reason(enum.StrEnum):
     SHIELD_NOT_INHERITED = "SHIELD_NOT_INHERITED"
     HTTP_REFUSED = "HTTP_REFUSED"
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    EXTENSION_SOCKETS = "EXTENSION_SOCKETS"
     # --- close reasons of connections that were allowed ---
     CLOSED = "CLOSED"
     IDLE_TIMEOUT = "IDLE_TIMEOUT"
@@ -593,6 +594,14 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             "A process forked from a shielded one opened a socket: the child has no shield of its "
             "own (no attested key, no relay), so the shield refuses; use the spawn start method "
             "and run each worker under `netshield run`, or keep networking in the parent.",
+        ),
+        _r(
+            Reason.EXTENSION_SOCKETS,
+            Stage.DATA_PLANE,
+            403,
+            "The in-process shield refused to load a C extension that opens sockets of its own "
+            "(libpq, gRPC's C core, libcurl, uvloop, ...): it cannot protect them. Use a "
+            "pure-Python client, a sidecar, or c_extensions: allow.",
         ),
         _r(Reason.CLOSED, Stage.DATA_PLANE, 200, "Both sides finished normally."),
         _r(

@@ -72,3 +72,24 @@ def test_a_correct_config_with_every_section_parses() -> None:
 def test_bad_address_patterns_say_what_is_wrong(text: str) -> None:
     with pytest.raises(ValueError, match=repr(text)):
         parse_pattern(text)
+
+
+def test_config_check_recognises_a_shield_config_and_lists_its_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from netshield.cli import main
+
+    (tmp_path / "ca.pem").write_text("")
+    (tmp_path / "p1").mkdir()
+    good = tmp_path / "shield.yaml"
+    good.write_text(BASE + "outbound: {default: unprotected}\nadmin: {listen: 127.0.0.1:0}\n")
+    assert main(["config", "check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "valid in-process shield config for service frontend" in out
+    assert "outside the mesh unprotected" in out and "admin on 127.0.0.1:0" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.replace("p1", "missing") + "outbound: {default: nope}\n")
+    assert main(["config", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "outbound.default: 'nope' is not allowed" in err
+    assert "platform.in_process: no such directory" not in err  # parse problems come first

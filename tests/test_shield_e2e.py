@@ -214,6 +214,20 @@ def test_udp_to_a_mesh_service_and_sockets_of_a_forked_child_are_refused(
     assert "netshield SHIELD_NOT_INHERITED" in out["reply"]
 
 
+def test_a_c_extension_with_sockets_of_its_own_is_refused_at_import_unless_allowed(
+    sm: ShieldMesh, orders: Program
+) -> None:
+    rc, out, err = _client(sm, "uvloop")
+    assert rc == 3 and out is not None and out["error"] == "ImportError", out
+    assert "netshield EXTENSION_SOCKETS: uvloop.loop" in out["message"]
+    assert "EXTENSION_SOCKETS" in err  # and one log line says so
+    allowing = sm.config("frontend", name="frontend-allow", c_extensions="allow")
+    env = ports_env(sm.ports, APP_MODE="uvloop", APP_TARGET="127.0.0.1")
+    rc, out, err = sm.run("frontend", env, config=allowing)
+    assert rc == 0 and out is not None and out["reply"] == "imported uvloop", (out, err)
+    assert "uvloop.loop opens its connections" in err and "allowed: c_extensions is allow" in err
+
+
 # --- point 2: same trust plane, same records, admin listener, interop ---------------------------
 
 

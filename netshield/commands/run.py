@@ -8,7 +8,9 @@ after `--`), then the script (or `-m module`, or `-c code`) runs as `__main__` w
 
 Guarantees: a command that is not a Python invocation, or that uses an interpreter option this
 runner does not reproduce, is a usage error naming it (exit 2); a config problem is one line
-(exit 2); nothing of the program runs before the shield's hooks are installed.
+(exit 2); nothing of the program runs before the shield's hooks are installed. SIGTERM ends
+the program like SIGINT (SystemExit, so `finally` blocks run and the records of live connections
+are written) unless the program installs its own handler.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import os
 import re
 import runpy
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -129,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         workload_path=config.workload.path or program.directory,
         startup_timeout=float(args.startup_timeout),
     )
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # exit (and flush) as SIGINT does
+        signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
     try:
         return run_program(program)
     finally:

@@ -22,6 +22,7 @@ outbound:
     - {address: "10.0.0.40:5432", mode: unprotected}
     - {address: "*:53", mode: unprotected}
 admin: {listen: 127.0.0.1:15000}    # optional: /healthz /readyz /metrics /connections ...
+c_extensions: refuse                # importing a C extension with sockets of its own fails
 ```
 
 Guarantees: `parse_shield_config` returns a `ShieldConfig` or raises `ConfigError` listing every
@@ -133,6 +134,7 @@ class ShieldConfig:
     inbound: InboundPolicy = field(default_factory=InboundPolicy)
     outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
     admin: AdminConfig | None = None  # None: no admin listener
+    c_extensions: Literal["refuse", "allow"] = "refuse"  # modules with sockets of their own
     records: RecordsConfig = field(default_factory=RecordsConfig)
     limits: Limits = field(default_factory=Limits)
     renewal: RenewalConfig = field(default_factory=RenewalConfig)
@@ -297,6 +299,9 @@ SHIELD_SPEC = Record(
             )
         ),
         "admin": Field(_SIDECAR["admin"].spec),
+        "c_extensions": Field(
+            Str(expected="refuse or allow", choices=("refuse", "allow")), default="refuse"
+        ),
         "records": _SIDECAR["records"],
         "limits": _SIDECAR["limits"],
         "renewal": _SIDECAR["renewal"],
@@ -320,6 +325,20 @@ def parse_shield_config(
     if problems:
         raise ConfigError(source, problems)
     return _build(doc, raw, base_dir)
+
+
+def looks_like_shield_config(doc: object) -> bool:
+    """Whether a parsed YAML document is meant as a shield config rather than a sidecar's: its
+    `outbound` is a mapping (a sidecar's is a list), its `inbound` has rules, or it says
+    `c_extensions`."""
+    if not isinstance(doc, dict) or "service" not in doc:
+        return False
+    inbound = doc.get("inbound")
+    return (
+        isinstance(doc.get("outbound"), dict)
+        or (isinstance(inbound, dict) and bool({"default", "ports"} & set(inbound)))
+        or "c_extensions" in doc
+    )
 
 
 def load_shield_config(path: Path) -> ShieldConfig:
@@ -453,6 +472,7 @@ def _build(doc: dict[str, Any], raw: object, base_dir: Path) -> ShieldConfig:
         shared["admin"] = None  # the admin listener is optional here
     return ShieldConfig(
         service=doc["service"],
+        c_extensions=doc["c_extensions"],
         workload=ShieldWorkload(
             path=None if workload["path"] is None else base_dir / workload["path"],
             signer=workload["signer"],
@@ -492,6 +512,7 @@ __all__ = [
     "ShieldConfig",
     "ShieldWorkload",
     "load_shield_config",
+    "looks_like_shield_config",
     "parse_pattern",
     "parse_shield_config",
 ]

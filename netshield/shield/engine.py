@@ -43,6 +43,7 @@ from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.recordlog import RecordSink
 from netshield.shield.config import ShieldConfig
+from netshield.shield.extensions import library_of, refusal_text
 from netshield.shield.flows import (
     OUTBOUND_LISTENER,
     Listening,
@@ -111,6 +112,7 @@ class Engine:
         self._pid = os.getpid()
         self._resolved: tuple[float, dict[str, frozenset[str]]] = (0.0, {})
         self._inbound_reals: dict[str, socket.socket] = {}
+        self._reported: set[str] = set()
 
     # --- lifecycle (program thread) --------------------------------------------------------
     def start(self, *, startup_timeout: float = STARTUP_TIMEOUT) -> None:
@@ -123,6 +125,7 @@ class Engine:
             raise ShieldStartError(str(self._failure)) from None
         self.hooks.install(self)
         os.register_at_fork(after_in_child=self._after_fork)
+        sys.addaudithook(self._audit)
         if not self._first_outcome.wait(startup_timeout):
             log.warning(
                 "netshield: not attested after %g s (CAS %s); connections are refused until it is",
@@ -146,6 +149,25 @@ class Engine:
     def _after_fork(self) -> None:
         if self.hooks.installed:
             self._forked = True
+
+    def _audit(self, event: str, args: tuple[Any, ...]) -> None:
+        """Refuse (or report once) C extensions with sockets of their own, as they import."""
+        if event != "import" or not self.hooks.installed or not args:
+            return
+        module = args[0]
+        library = library_of(module) if isinstance(module, str) else None
+        if library is None:
+            return
+        text = refusal_text(module, library)
+        first = module not in self._reported
+        self._reported.add(module)
+        if self.config.c_extensions == "allow":
+            if first:
+                log.warning("%s (allowed: c_extensions is allow)", text.split(";")[0])
+            return
+        if first:
+            log.warning("%s", text)
+        raise ImportError(text, name=module)
 
     def exempt(self) -> bool:
         return threading.get_ident() == self._thread_id

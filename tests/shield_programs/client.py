@@ -120,7 +120,14 @@ def via_hold() -> str:
     return "closed"
 
 
+def via_uvloop() -> str:
+    import uvloop
+
+    return f"imported {uvloop.__name__}"
+
+
 MODES = {
+    "uvloop": via_uvloop,
     "udp": via_udp,
     "fork": via_fork,
     "hold": via_hold,
@@ -135,7 +142,7 @@ MODES = {
 
 try:
     print(json.dumps({"ok": True, "reply": MODES[MODE]()}), flush=True)
-except Exception as err:  # what the library raised, as the program would see it
+except (Exception, ImportError) as err:  # what the library raised, as the program saw it
     print(
         json.dumps(
             {
