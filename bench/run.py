@@ -85,9 +85,7 @@ def build_nsload(workdir: Path) -> Path:
     if gcc is None:
         raise BenchError("gcc is needed to build the load generator (apt-get install gcc)")
     exe = workdir / "nsload"
-    subprocess.run(
-        [gcc, "-O2", "-Wall", "-o", str(exe), str(BENCH / "nsload.c")], check=True
-    )
+    subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(BENCH / "nsload.c")], check=True)
     return exe
 
 
@@ -106,7 +104,9 @@ def machine(env: Env, setups: list[Topology]) -> dict[str, str]:
             model = line.split(":", 1)[1].strip()
             break
     mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
-    openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=False).stdout
+    openssl = subprocess.run(
+        ["openssl", "version"], capture_output=True, text=True, check=False
+    ).stdout
     info = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": f"{platform.node()}: {model}, {os.cpu_count()} cores, "
@@ -188,8 +188,14 @@ def warm_up(nsload: Path, env: Env, backend: Proc, setup: Topology) -> None:
         run_once(nsload, env, backend, setup, workload, 0.3)
 
 
-def measure(args: argparse.Namespace, env: Env, nsload: Path, backend: Proc,
-            setups: dict[str, Topology], workloads: list[Workload]) -> Results:
+def measure(
+    args: argparse.Namespace,
+    env: Env,
+    nsload: Path,
+    backend: Proc,
+    setups: dict[str, Topology],
+    workloads: list[Workload],
+) -> Results:
     results = Results(rounds=args.rounds)
     for setup in setups.values():
         results.idle_rss[setup.label] = {s: p.rss_mb() for s, p in setup.processes().items()}
@@ -214,7 +220,9 @@ def measure(args: argparse.Namespace, env: Env, nsload: Path, backend: Proc,
             elapsed = time.monotonic() - started
             print(
                 f"\r  round {rnd + 1}/{args.rounds}: {done}/{total} runs, {elapsed:.0f} s",
-                end="", file=sys.stderr, flush=True,
+                end="",
+                file=sys.stderr,
+                flush=True,
             )
     print(file=sys.stderr)
     for label, setup in setups.items():
@@ -248,8 +256,13 @@ def ratio_text(values: list[float]) -> str:
     return f"{med:.2f}×{spread}"
 
 
-def report(info: dict[str, str], results: Results, args: argparse.Namespace,
-           workloads: list[Workload], setups: dict[str, Topology]) -> tuple[str, bool]:
+def report(
+    info: dict[str, str],
+    results: Results,
+    args: argparse.Namespace,
+    workloads: list[Workload],
+    setups: dict[str, Topology],
+) -> tuple[str, bool]:
     lines = [f"# netshield benchmark ({args.mode} mode)", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += [
@@ -265,7 +278,9 @@ def report(info: dict[str, str], results: Results, args: argparse.Namespace,
     all_pass = True
     for target in TARGETS:
         if (target.ours[0], target.ours[1]) not in results.samples or (
-            target.theirs[0], target.theirs[1]) not in results.samples:
+            target.theirs[0],
+            target.theirs[1],
+        ) not in results.samples:
             continue
         ratios = results.ratios(target)
         figure = next(f for f in _workload(target.ours[0]).figures if f.key == target.figure)
@@ -304,13 +319,20 @@ def report(info: dict[str, str], results: Results, args: argparse.Namespace,
         labels = list(workload.setups)
         ours = next((x for x in labels if x.startswith("netshield")), None)
         refs = [x for x in labels if x not in (ours, "direct")]
-        head = "| figure | " + " | ".join(labels) + " | " + " | ".join(
-            f"netshield / {r}" for r in refs) + " |"
+        head = (
+            "| figure | "
+            + " | ".join(labels)
+            + " | "
+            + " | ".join(f"netshield / {r}" for r in refs)
+            + " |"
+        )
         lines += [head, "|" + "---|" * (1 + len(labels) + len(refs))]
         for figure in workload.figures:
             row = [figure.label]
-            row += [fmt(median(results.figure(workload.key, x, figure.key)), figure.unit)
-                    for x in labels]
+            row += [
+                fmt(median(results.figure(workload.key, x, figure.key)), figure.unit)
+                for x in labels
+            ]
             for ref in refs:
                 a = results.figure(workload.key, ours, figure.key) if ours else []
                 b = results.figure(workload.key, ref, figure.key)
@@ -324,8 +346,13 @@ def report(info: dict[str, str], results: Results, args: argparse.Namespace,
                 back = median([s.share("backend") for s in samples])
                 shares.append(f"{x} {fmt((load or 0) * 100)} % / {fmt((back or 0) * 100)} %")
         lines += ["", "Load generator / backend CPU share of their core: " + ", ".join(shares), ""]
-    lines += ["## Memory (RSS, MB)", "", "| set-up | outbound idle | inbound idle | "
-              f"outbound +{args.hold:,} conns | inbound +{args.hold:,} conns |", "|---|---|---|---|---|"]
+    lines += [
+        "## Memory (RSS, MB)",
+        "",
+        "| set-up | outbound idle | inbound idle | "
+        f"outbound +{args.hold:,} conns | inbound +{args.hold:,} conns |",
+        "|---|---|---|---|---|",
+    ]
     for label, sides in results.idle_rss.items():
         held = results.hold_rss.get(label, {})
         lines.append(
@@ -363,7 +390,9 @@ def main() -> int:
     workloads = [w for w in WORKLOADS if not args.only or w.key in args.only.split(",")]
     if args.setups:
         chosen = args.setups.split(",")
-        workloads = [replace(w, setups=tuple(x for x in w.setups if x in chosen)) for w in workloads]
+        workloads = [
+            replace(w, setups=tuple(x for x in w.setups if x in chosen)) for w in workloads
+        ]
         workloads = [w for w in workloads if w.setups]
     if not workloads:
         print(f"--only: no such workload (known: {', '.join(w.key for w in WORKLOADS)})")
@@ -375,8 +404,9 @@ def main() -> int:
     backend: Proc | None = None
     try:
         nsload = build_nsload(workdir)
-        backend = start("backend", [str(nsload), "serve"], workdir=workdir, core=core_b,
-                        ready=json_ready(None))
+        backend = start(
+            "backend", [str(nsload), "serve"], workdir=workdir, core=core_b, ready=json_ready(None)
+        )
         env = Env(workdir, core_a, core_b, int(backend.ready["port"]), netshield_command())
         for label in dict.fromkeys(x for w in workloads for x in w.setups):
             setup = make_topology(label)

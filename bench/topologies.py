@@ -161,7 +161,8 @@ class Haproxy(Topology):
         tls = f"ca-file {pki / 'ca.pem'} verify required ssl-min-ver TLSv1.3"
         inbound_cfg = env.workdir / f"{tag}-inbound.cfg"
         inbound_cfg.write_text(
-            common + f"listen in\n  bind 127.0.0.1:{inner} ssl crt {pki / 'server.crt'} {tls}"
+            common
+            + f"listen in\n  bind 127.0.0.1:{inner} ssl crt {pki / 'server.crt'} {tls}"
             + ("" if self.resume else " no-tls-tickets")
             + f"\n  server backend 127.0.0.1:{env.backend_port}\n"
         )
@@ -173,12 +174,18 @@ class Haproxy(Topology):
             + "\n"
         )
         self.inbound = start(
-            f"{tag}-inbound", [exe, "-db", "-f", str(inbound_cfg)],
-            workdir=env.workdir, core=env.core_b, port=inner,
+            f"{tag}-inbound",
+            [exe, "-db", "-f", str(inbound_cfg)],
+            workdir=env.workdir,
+            core=env.core_b,
+            port=inner,
         )
         self.outbound = start(
-            f"{tag}-outbound", [exe, "-db", "-f", str(outbound_cfg)],
-            workdir=env.workdir, core=env.core_a, port=self.entry,
+            f"{tag}-outbound",
+            [exe, "-db", "-f", str(outbound_cfg)],
+            workdir=env.workdir,
+            core=env.core_a,
+            port=self.entry,
         )
 
     def version(self) -> str:
@@ -197,9 +204,8 @@ class Stunnel(Topology):
         pki = env.pki()
         inner, self.entry = free_port(), free_port()
         common = "foreground = yes\npid =\ndebug = 3\nsyslog = no\n"
-        tls = (
-            f"CAfile = {pki / 'ca.pem'}\nverifyChain = yes\nsslVersionMin = TLSv1.3\n"
-            + ("" if self.resume else "options = NO_TICKET\nsessionResume = no\n")
+        tls = f"CAfile = {pki / 'ca.pem'}\nverifyChain = yes\nsslVersionMin = TLSv1.3\n" + (
+            "" if self.resume else "options = NO_TICKET\nsessionResume = no\n"
         )
         server = env.workdir / "stunnel-inbound.conf"
         server.write_text(
@@ -216,7 +222,10 @@ class Stunnel(Topology):
             "stunnel-inbound", [exe, str(server)], workdir=env.workdir, core=env.core_b, port=inner
         )
         self.outbound = start(
-            "stunnel-outbound", [exe, str(client)], workdir=env.workdir, core=env.core_a,
+            "stunnel-outbound",
+            [exe, str(client)],
+            workdir=env.workdir,
+            core=env.core_a,
             port=self.entry,
         )
 
@@ -320,11 +329,21 @@ class Mesh:
         cas = start(
             "cas",
             [
-                *env.netshield, "cas", "serve", "--policy", str(layout.policy),
-                "--state", str(layout.cas_state), "--listen", "127.0.0.1:0",
-                "--counter", str(root / "cas.counter"),
+                *env.netshield,
+                "cas",
+                "serve",
+                "--policy",
+                str(layout.policy),
+                "--state",
+                str(layout.cas_state),
+                "--listen",
+                "127.0.0.1:0",
+                "--counter",
+                str(root / "cas.counter"),
             ],
-            workdir=env.workdir, core=env.core_b, ready=json_ready(),
+            workdir=env.workdir,
+            core=env.core_b,
+            ready=json_ready(),
         )
         return cls(env, root, cas, [cas])
 
@@ -345,8 +364,11 @@ class Mesh:
         path = self.root / f"{name}.sidecar.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         proc = start(
-            name, [*self.env.netshield, "sidecar", "--config", str(path)],
-            workdir=self.env.workdir, core=core, ready=json_ready(),
+            name,
+            [*self.env.netshield, "sidecar", "--config", str(path)],
+            workdir=self.env.workdir,
+            core=core,
+            ready=json_ready(),
         )
         self.procs.append(proc)
         return proc

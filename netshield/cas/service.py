@@ -184,8 +184,8 @@ class CasService:
         (StateError(STATE_ROLLED_BACK) if it went back), and takes a newer policy version that
         another replica applied. A stored policy that does not parse keeps the current one.
         """
-        head = self.store.observe()
-        stored = self.store.current_policy()
+        head, version = self.store.observe()
+        stored = self.store.current_policy() if version > self._stored.version else None
         if stored is not None and stored.version > self._stored.version:
             try:
                 policy = parse_policy(stored.text, source=f"policy version {stored.version}")
@@ -231,6 +231,7 @@ class CasService:
                 kind,
             )
         policy = self._policy
+        revoked_platforms, revoked_services = self.store.revoked()
         decision = appraise(
             policy,
             verified,
@@ -238,8 +239,8 @@ class CasService:
             nonce=request.nonce,
             nonce_status=nonce_status,
             csr_public_key_der=public_key_der(csr.public_key()),
-            revoked_platforms=self.store.revoked_platforms(),
-            revoked_services=self.store.revoked_services(),
+            revoked_platforms=revoked_platforms,
+            revoked_services=revoked_services,
         )
         if not decision.allowed:
             return self._refuse(

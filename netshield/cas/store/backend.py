@@ -12,7 +12,9 @@ Contract every backend keeps:
   chain) it serializes the work against every other chained writer of the same database, in
   this process and in any other, so the chain stays one chain. It may run ``work`` more than
   once (a retried transaction), so ``work`` must have no effect outside ``tx``.
-- `Backend.read` runs ``work`` against one consistent view of committed rows.
+- `Backend.read` runs ``work`` against one consistent view of committed rows; with
+  ``snapshot=False`` (work that runs one statement, which sees one view anyway) a backend may
+  skip the transaction around it.
 - A ``shared`` backend may be written by other processes (CAS replicas) at any time;
   `Backend.wait_for_change` returns when one of them committed a chained write, or after
   ``timeout`` seconds, whichever is first (it may also return early for no reason).
@@ -92,14 +94,19 @@ class StateTx(Protocol):
         """``(expires_at, used_at)`` of a stored nonce, None if unknown."""
         ...
 
-    def use_nonce(self, digest: str, used_at: str) -> bool:
-        """Mark an unused nonce used; False if it was used already (by anyone, concurrently)."""
+    def claim_nonce(self, digest: str, now: str) -> bool:
+        """Mark the nonce used if it is stored, unused and unexpired at ``now``, in one
+        statement; False otherwise (unknown, expired, or used already by anyone, concurrently)."""
         ...
 
     # --- policies
     def latest_policy(self) -> StoredPolicy | None: ...
 
     def policies(self) -> list[StoredPolicy]: ...
+
+    def policy_version(self) -> int:
+        """The newest policy version, 0 if none was applied."""
+        ...
 
     def policy(self, version: int) -> StoredPolicy | None: ...
 
@@ -160,7 +167,7 @@ class Backend(Protocol):
 
     def wait_for_change(self, timeout: float) -> None: ...
 
-    def read(self, work: Callable[[StateTx], T]) -> T: ...
+    def read(self, work: Callable[[StateTx], T], *, snapshot: bool = True) -> T: ...
 
     def write(self, work: Callable[[StateTx], T], *, chained: bool) -> T: ...
 

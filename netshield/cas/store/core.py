@@ -35,6 +35,7 @@ import contextlib
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -89,6 +90,7 @@ from netshield.reasons import Reason
 
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 _NONCE_KEEP = timedelta(hours=1)  # rows stay this long past expiry, then are pruned
+OBSERVE_WITNESS_INTERVAL = 1.0  # seconds: how far a replica's witness may lag what it saw
 
 
 class CasStore:
@@ -100,6 +102,7 @@ class CasStore:
         self.created = False  # set by `attach`: this open created the state
         self.upgraded_from: int | None = None  # set by `attach`: the schema version it found
         self._counter = counter
+        self._observed_at = float("-inf")
         self._lock: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if backend.shared else threading.RLock()
         )
@@ -233,15 +236,18 @@ class CasStore:
         else:
             self._counter.advance(value)
 
-    def observe(self) -> CounterValue:
-        """Check the database against this replica's witness and witness its head; the head.
+    def observe(self) -> tuple[CounterValue, int]:
+        """Check the database against this replica's witness and witness its head; the head
+        and the current policy version (0: none yet).
 
         StateError(STATE_ROLLED_BACK) if the database no longer holds the entry the counter
         recorded (it was restored from an older dump, or replaced) while this CAS runs.
         """
         value = self._counter.read()
         seq = 0 if value is None else value.seq
-        head, witnessed = self.backend.read(lambda tx: (tx.audit_head(), tx.entry_hash(seq)))
+        head, witnessed, policy = self.backend.read(
+            lambda tx: (tx.audit_head(), tx.entry_hash(seq), tx.policy_version())
+        )
         if value is not None and value.seq > 0:
             problem = None
             if head is None or head[0] < value.seq:
@@ -262,11 +268,13 @@ class CasStore:
                     reason=Reason.STATE_ROLLED_BACK,
                 )
         if head is None:
-            return CounterValue(0, GENESIS)
+            return CounterValue(0, GENESIS), policy
         current = CounterValue(*head)
-        if self.backend.shared:
-            self._counter.witness(current)
-        return current
+        moment = time.monotonic()
+        if self.backend.shared and moment - self._observed_at >= OBSERVE_WITNESS_INTERVAL:
+            self._counter.witness(current)  # at most once a second: each write is an fsync
+            self._observed_at = moment
+        return current, policy
 
     def _append_audited(self, event: str, data: Mapping[str, Any], *, now: datetime) -> AuditEntry:
         with self._lock:
@@ -277,7 +285,10 @@ class CasStore:
     # ------------------------------------------------------------------ nonces
 
     def issue_nonce(self, *, now: datetime, ttl: timedelta) -> bytes:
-        """A fresh single-use nonce valid until ``now + ttl`` (stored as its SHA-256 only)."""
+        """A fresh single-use nonce valid until ``now + ttl`` (stored as its SHA-256 only).
+
+        Rows an hour past their expiry are pruned here.
+        """
         if ttl <= timedelta(0):
             raise ValueError("a nonce needs a positive lifetime")
         nonce = secrets.token_bytes(NONCE_BYTES)
@@ -297,26 +308,22 @@ class CasStore:
         stamp, digest = rfc3339(now), nonce_digest(nonce)
 
         def work(tx: StateTx) -> NonceStatus:
-            tx.prune_nonces(rfc3339(now - _NONCE_KEEP))
+            if tx.claim_nonce(digest, stamp):  # the one statement of the usual case
+                return NonceStatus.VALID
             row = tx.nonce(digest)
-            if row is None:
-                return NonceStatus.UNKNOWN
-            expires_at, used_at = row
-            if used_at is not None:
-                return NonceStatus.REUSED
-            if stamp >= expires_at:
-                return NonceStatus.EXPIRED
-            return NonceStatus.VALID if tx.use_nonce(digest, stamp) else NonceStatus.REUSED
+            if row is None or row[0] < rfc3339(now - _NONCE_KEEP):
+                return NonceStatus.UNKNOWN  # never issued, or long gone (pruned)
+            return NonceStatus.REUSED if row[1] is not None else NonceStatus.EXPIRED
 
         return self.backend.write(work, chained=False)
 
     # ------------------------------------------------------------------ policy
 
     def current_policy(self) -> StoredPolicy | None:
-        return self.backend.read(lambda tx: tx.latest_policy())
+        return self.backend.read(lambda tx: tx.latest_policy(), snapshot=False)
 
     def policy_version(self, version: int) -> StoredPolicy | None:
-        return self.backend.read(lambda tx: tx.policy(version))
+        return self.backend.read(lambda tx: tx.policy(version), snapshot=False)
 
     def apply_policy(
         self, text: str, *, previous_hash: str | None, now: datetime, actor: str
@@ -441,11 +448,11 @@ class CasStore:
         self._append_audited(EV_DENY, data, now=now)
 
     def issued(self, serial: int) -> IssuedCert | None:
-        return self.backend.read(lambda tx: tx.issued(serial_hex(serial)))
+        return self.backend.read(lambda tx: tx.issued(serial_hex(serial)), snapshot=False)
 
     def list_issued(self, service: str | None = None) -> list[IssuedCert]:
         """Issued certificates, oldest first, optionally for one service."""
-        return self.backend.read(lambda tx: tx.list_issued(service))
+        return self.backend.read(lambda tx: tx.list_issued(service), snapshot=False)
 
     # ------------------------------------------------------------------ revocations
 
@@ -500,17 +507,25 @@ class CasStore:
 
     def revocations(self, since: int = 0) -> list[Revocation]:
         """The revocation feed after position ``since``, in order."""
-        return self.backend.read(lambda tx: tx.revocations(since))
+        return self.backend.read(lambda tx: tx.revocations(since), snapshot=False)
 
     def revoked_services(self) -> frozenset[str]:
-        return self.backend.read(lambda tx: tx.revoked_targets("service"))
+        return self.backend.read(lambda tx: tx.revoked_targets("service"), snapshot=False)
 
     def revoked_platforms(self) -> frozenset[str]:
-        return self.backend.read(lambda tx: tx.revoked_targets("platform"))
+        return self.backend.read(lambda tx: tx.revoked_targets("platform"), snapshot=False)
+
+    def revoked(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The revoked platforms and services, from one snapshot (what an attestation checks)."""
+        return self.backend.read(
+            lambda tx: (tx.revoked_targets("platform"), tx.revoked_targets("service"))
+        )
 
     def is_serial_revoked(self, serial: int) -> bool:
         """True if the certificate, or the service or platform it was issued to, is revoked."""
-        return self.backend.read(lambda tx: tx.is_serial_revoked(serial_hex(serial)))
+        return self.backend.read(
+            lambda tx: tx.is_serial_revoked(serial_hex(serial)), snapshot=False
+        )
 
     # ------------------------------------------------------------------ audit
 
@@ -522,7 +537,7 @@ class CasStore:
 
     def audit_entries(self, since: int = 0, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries with ``seq > since``, oldest first, at most ``limit`` of them."""
-        return self.backend.read(lambda tx: tx.audit_entries(since, limit))
+        return self.backend.read(lambda tx: tx.audit_entries(since, limit), snapshot=False)
 
     def feed_entries(self, since: int = 0) -> tuple[list[AuditEntry], int]:
         """The revocation and policy entries after ``since``, oldest first, and the head's seq,
@@ -534,7 +549,7 @@ class CasStore:
 
     def audit_head(self) -> CounterValue:
         """``(seq, hash)`` of the newest audit entry."""
-        head = self.backend.read(lambda tx: tx.audit_head())
+        head = self.backend.read(lambda tx: tx.audit_head(), snapshot=False)
         return CounterValue(*head) if head else CounterValue(0, GENESIS)
 
     def audit_snapshot(

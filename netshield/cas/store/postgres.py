@@ -12,10 +12,11 @@ Guarantees:
   reports a conflict (`RETRY_LIMIT` attempts). ``bench/cas_bench.py`` measures both.
 - Other writes (nonces) are single statements whose ``WHERE`` clause makes a racing second
   consume see the first one's row: a nonce is used once at any replica.
-- Reads run in a REPEATABLE READ, READ ONLY transaction: one consistent snapshot.
-- Every chained commit sends ``NOTIFY netshield_audit`` with the schema as payload;
-  `PostgresBackend.wait_for_change` wakes on it (or on its timeout), so other replicas learn
-  of new audit entries at once and by polling if a notification is lost.
+- Reads run in a REPEATABLE READ, READ ONLY transaction: one consistent snapshot (a read of
+  one statement runs alone: a statement sees one snapshot anyway).
+- Every chained commit sends ``NOTIFY netshield_audit``; `PostgresBackend.wait_for_change`
+  wakes on those of other processes (a burst of them is one wake-up), or on its timeout, so
+  other replicas learn of new audit entries at once, and by polling if a notification is lost.
 - The password never appears in `location`, a ``repr``, a log line or an error message; a
   database that cannot be reached, or that lost its tables, is a
   `StateError(STATE_UNAVAILABLE)` naming the redacted URL.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +49,7 @@ log = logging.getLogger("netshield.cas.store")
 CHANNEL = "netshield_audit"
 LOCK_CLASS = 0x6E73  # "ns": the advisory lock's first key; the second is the schema's hash
 RETRY_LIMIT = 30
+COALESCE = 0.05  # seconds of further notifications folded into one wake-up
 CONNECT_TIMEOUT = 10.0
 RESTORE_ADVICE = (
     "restore the newest dump of the database (or point --database at the newest copy) and "
@@ -133,6 +136,8 @@ class PostgresBackend:
         self._location = location
         self.chain_lock = chain_lock
         self._listener: psycopg.Connection[Any] | None = None
+        self._token = secrets.token_hex(8)  # marks this process's own notifications
+        self.retries = 0  # transactions run again after a conflict (a plain count, for metrics)
         self._listen_lock = threading.Lock()
         self._closed = threading.Event()
 
@@ -227,10 +232,12 @@ class PostgresBackend:
             hint="Check that PostgreSQL runs and is reachable; the CAS retries on the next call.",
         )
 
-    def read(self, work: Callable[[PostgresTx], T]) -> T:
+    def read(self, work: Callable[[PostgresTx], T], *, snapshot: bool = True) -> T:
         pool = self._require_pool()
         try:
             with pool.connection() as conn:
+                if not snapshot:  # one statement: its own snapshot, no round trips around it
+                    return work(PostgresTx(conn))
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 try:
                     result = work(PostgresTx(conn))
@@ -258,7 +265,7 @@ class PostgresBackend:
                             )
                         result = work(PostgresTx(conn))
                         if chained:
-                            conn.execute("SELECT pg_notify(%s, current_schema())", (CHANNEL,))
+                            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
                         conn.execute("COMMIT")
                     except BaseException:
                         _rollback(conn)
@@ -266,6 +273,7 @@ class PostgresBackend:
                     return result
             except psycopg.Error as exc:
                 if _retryable(exc) and attempt < RETRY_LIMIT:
+                    self.retries += 1
                     time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 - jitter
                     continue
                 raise self._unavailable(exc) from None
@@ -282,8 +290,12 @@ class PostgresBackend:
                 if self._listener is None or self._listener.closed:
                     self._listener = psycopg.connect(self._conninfo, autocommit=True)
                     self._listener.execute(f"LISTEN {CHANNEL}")
-                for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                    break
+                deadline = time.monotonic() + timeout
+                while not self._others_wrote(max(deadline - time.monotonic(), 0.0)):
+                    if time.monotonic() >= deadline:
+                        return
+                for _ in self._listener.notifies(timeout=COALESCE):
+                    pass  # a burst of commits is one change for the followers
             except psycopg.Error as exc:
                 log.warning("CAS database notifications lost (%s); polling", _first_line(exc))
                 with contextlib.suppress(psycopg.Error):
@@ -291,6 +303,13 @@ class PostgresBackend:
                         self._listener.close()
                 self._listener = None
                 self._closed.wait(min(timeout, 1.0))
+
+    def _others_wrote(self, timeout: float) -> bool:
+        """True once another process's chained commit is notified; False after ``timeout``."""
+        assert self._listener is not None
+        for notify in self._listener.notifies(timeout=timeout, stop_after=1):
+            return notify.payload != self._token
+        return False
 
     def close(self) -> None:
         """Close the pool and the notification connection; idempotent."""

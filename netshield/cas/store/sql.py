@@ -169,10 +169,10 @@ class SqlStateTx:
         row = self._one("SELECT expires_at, used_at FROM nonces WHERE digest = ?", (digest,))
         return None if row is None else (row[0], row[1])
 
-    def use_nonce(self, digest: str, used_at: str) -> bool:
+    def claim_nonce(self, digest: str, now: str) -> bool:
         cursor = self._run(
-            "UPDATE nonces SET used_at = ? WHERE digest = ? AND used_at IS NULL",
-            (used_at, digest),
+            "UPDATE nonces SET used_at = ? WHERE digest = ? AND used_at IS NULL AND expires_at > ?",
+            (now, digest, now),
         )
         return cursor.rowcount == 1
 
@@ -180,6 +180,10 @@ class SqlStateTx:
     def latest_policy(self) -> StoredPolicy | None:
         row = self._one(f"{POLICY_SELECT} ORDER BY version DESC LIMIT 1")
         return None if row is None else StoredPolicy(*row)
+
+    def policy_version(self) -> int:
+        row = self._one("SELECT coalesce(max(version), 0) FROM policies")
+        return 0 if row is None else int(row[0])
 
     def policies(self) -> list[StoredPolicy]:
         return [StoredPolicy(*r) for r in self._all(f"{POLICY_SELECT} ORDER BY version")]

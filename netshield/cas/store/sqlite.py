@@ -182,7 +182,7 @@ class SqliteBackend:
             raise RuntimeError("the CAS store is closed")
         return self._conn
 
-    def read(self, work: Callable[[SqliteTx], T]) -> T:
+    def read(self, work: Callable[[SqliteTx], T], *, snapshot: bool = True) -> T:
         with self._lock:
             conn = self._require_conn()
             if not self.read_only:
