@@ -304,3 +304,14 @@ def test_collateral_directory_lists_files_it_cannot_use(tmp_path: Path) -> None:
     (tmp_path / "junk.bin").write_bytes(b"\x00\x01garbage")
     collateral = read_collateral_dir(tmp_path)
     assert len(collateral.skipped) == 2 and not collateral.tcb_infos
+
+
+def test_the_type_names_match_the_policys_names() -> None:
+    import typing
+
+    from netshield import evidence_policy
+    from netshield.attestation.evidence import claims
+
+    assert typing.get_args(claims.TcbStatus) == evidence_policy.TCB_STATUSES == claims.TCB_STATUSES
+    assert typing.get_args(claims.EvidenceType) == evidence_policy.EVIDENCE_TYPES
+    assert set(claims.EVIDENCE_NAMES) == set(evidence_policy.EVIDENCE_TYPES)

@@ -15,6 +15,7 @@ Pure; the appraisal calls it last, once the evidence type is known to be accepte
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from netshield.attestation.evidence.claims import RefValue, VerifiedEvidence
 from netshield.evidence_policy import SgxReference, SnpReference, TdxReference
@@ -59,31 +60,93 @@ def _int(values: Values, name: str) -> int:
     return value if isinstance(value, int) else -1
 
 
-def _sim(svc: ServicePolicy, values: Values, key: str) -> Problem | None:
-    measurement, signer = _str(values, "measurement"), _str(values, "signer")
+@dataclass(frozen=True)
+class _Labels:
+    """How sentences name a signed-build identity's fields (simulated platform or SGX)."""
+
+    measurement: str
+    value: str  # the name of the measurement in VerifiedEvidence.values
+    measurements_key: str
+    noun: str
+    signer: str
+    signer_key: str
+    product: str
+    svn: str
+    build: str
+
+
+_SIM = _Labels(
+    "measurement",
+    "measurement",
+    "measurements",
+    "measurement",
+    "signer",
+    "signer",
+    "product id",
+    "svn",
+    "build",
+)
+_SGX = _Labels(
+    "SGX MRENCLAVE",
+    "mrenclave",
+    "mrenclave",
+    "enclave",
+    "SGX MRSIGNER",
+    "mrsigner",
+    "SGX ISVPRODID",
+    "SGX ISVSVN",
+    "enclave",
+)
+
+
+def _signed_build(
+    labels: _Labels,
+    values: Values,
+    where: str,
+    *,
+    allowed: frozenset[str] | None,
+    signer: str | None,
+    product_id: int | None,
+    min_svn: int,
+) -> Problem | None:
+    """Measurement ∈ allowed (when listed), then signer, product id, svn ≥ min_svn: the identity
+    of a build its author signed, as the simulated platform and SGX report it."""
+    measurement, got_signer = _str(values, labels.value), _str(values, labels.signer_key)
     product, svn = _int(values, "product_id"), _int(values, "svn")
-    if measurement not in svc.measurements:
+    if allowed is not None and measurement not in allowed:
         return (
             Reason.MEASUREMENT_NOT_ALLOWED,
-            f"measurement {short(measurement)} is not in {key}.measurements "
-            f"(policy allows {_plural(len(svc.measurements), 'measurement')})",
+            f"{labels.measurement} {short(measurement)} is not in {where}.{labels.measurements_key} "
+            f"(policy allows {_plural(len(allowed), labels.noun)})",
         )
-    if svc.signer is not None and signer != svc.signer:
+    if signer is not None and got_signer != signer:
         return (
             Reason.SIGNER_NOT_ALLOWED,
-            f"signer {short(signer)} is not {key}.signer ({short(svc.signer)})",
+            f"{labels.signer} {short(got_signer)} is not {where}.{labels.signer_key} ({short(signer)})",
         )
-    if svc.product_id is not None and product != svc.product_id:
+    if product_id is not None and product != product_id:
         return (
             Reason.PRODUCT_NOT_ALLOWED,
-            f"product id {product} is not {key}.product_id ({svc.product_id})",
+            f"{labels.product} {product} is not {where}.product_id ({product_id})",
         )
-    if svn < svc.min_svn:
+    if svn < min_svn:
         return (
             Reason.SVN_TOO_LOW,
-            f"svn {svn} is below {key}.min_svn ({svc.min_svn}); deploy the patched build",
+            f"{labels.svn} {svn} is below {where}.min_svn ({min_svn}); deploy the patched {labels.build}",
         )
     return None
+
+
+def _sim(svc: ServicePolicy, values: Values, key: str) -> Problem | None:
+    return _signed_build(
+        _SIM,
+        values,
+        key,
+        allowed=svc.measurements,
+        signer=svc.signer,
+        product_id=svc.product_id,
+        min_svn=svc.min_svn,
+    )
 
 
 def _snp(ref: SnpReference, values: Values, where: str) -> Problem | None:
@@ -118,30 +181,15 @@ def _snp(ref: SnpReference, values: Values, where: str) -> Problem | None:
 
 
 def _sgx(ref: SgxReference, values: Values, where: str) -> Problem | None:
-    mrenclave, mrsigner = _str(values, "mrenclave"), _str(values, "mrsigner")
-    product, svn = _int(values, "product_id"), _int(values, "svn")
-    if ref.mrenclave is not None and mrenclave not in ref.mrenclave:
-        return (
-            Reason.MEASUREMENT_NOT_ALLOWED,
-            f"SGX MRENCLAVE {short(mrenclave)} is not in {where}.mrenclave "
-            f"(policy allows {_plural(len(ref.mrenclave), 'enclave')})",
-        )
-    if ref.mrsigner is not None and mrsigner != ref.mrsigner:
-        return (
-            Reason.SIGNER_NOT_ALLOWED,
-            f"SGX MRSIGNER {short(mrsigner)} is not {where}.mrsigner ({short(ref.mrsigner)})",
-        )
-    if ref.product_id is not None and product != ref.product_id:
-        return (
-            Reason.PRODUCT_NOT_ALLOWED,
-            f"SGX ISVPRODID {product} is not {where}.product_id ({ref.product_id})",
-        )
-    if svn < ref.min_svn:
-        return (
-            Reason.SVN_TOO_LOW,
-            f"SGX ISVSVN {svn} is below {where}.min_svn ({ref.min_svn}); deploy the patched enclave",
-        )
-    return None
+    return _signed_build(
+        _SGX,
+        values,
+        where,
+        allowed=ref.mrenclave,
+        signer=ref.mrsigner,
+        product_id=ref.product_id,
+        min_svn=ref.min_svn,
+    )
 
 
 def _tdx(ref: TdxReference, values: Values, where: str) -> Problem | None:

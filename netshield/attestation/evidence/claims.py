@@ -16,15 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from cryptography import x509
 
 from netshield.errors import QuoteError
+from netshield.evidence_policy import EVIDENCE_TYPES as POLICY_EVIDENCE_TYPES
+from netshield.evidence_policy import SNP_TCB_PARTS as POLICY_SNP_TCB_PARTS
+from netshield.evidence_policy import TCB_STATUSES as STATUS_NAMES
 from netshield.reasons import Reason
 
 EvidenceType = Literal["sim", "sev-snp", "sgx", "tdx"]
-EVIDENCE_TYPES: tuple[EvidenceType, ...] = ("sim", "sev-snp", "sgx", "tdx")
+EVIDENCE_TYPES = cast(tuple[EvidenceType, ...], POLICY_EVIDENCE_TYPES)
 EVIDENCE_NAMES: Mapping[EvidenceType, str] = MappingProxyType(
     {
         "sim": "simulated platform quote (netshield-sim-quote/1)",
@@ -43,15 +46,7 @@ TcbStatus = Literal[
     "OutOfDateConfigurationNeeded",
     "Revoked",
 ]
-TCB_STATUSES: tuple[TcbStatus, ...] = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
+TCB_STATUSES = cast(tuple[TcbStatus, ...], STATUS_NAMES)
 """Intel's TCB statuses, best first: the order is their severity."""
 
 
@@ -83,7 +78,7 @@ class SimTcb:
         return {"level": self.level}
 
 
-SNP_TCB_PARTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+SNP_TCB_PARTS = POLICY_SNP_TCB_PARTS
 
 
 @dataclass(frozen=True, slots=True)
