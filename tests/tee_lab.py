@@ -150,8 +150,15 @@ class SnpLab:
         self.vcek = self.vcek_for(self.tcb)
 
     def vcek_for(
-        self, tcb: tuple[int, int, int, int], chip_id: bytes | None = None
+        self,
+        tcb: tuple[int, int, int, int],
+        chip_id: bytes | None = None,
+        *,
+        vlek: bool = False,
+        fmc: int | None = None,
+        product: bytes = b"Milan-B0",
     ) -> x509.Certificate:
+        """A VCEK (or, with `vlek`, a VLEK: a cspId instead of the chip's hwID) for `tcb`."""
         bl, tee, snp_spl, ucode = tcb
 
         def ext(oid: str, value: bytes) -> x509.UnrecognizedExtension:
@@ -159,16 +166,19 @@ class SnpLab:
 
         exts = [
             ext(AMD + "1", der_int(1)),
-            ext(AMD + "2", _tlv(0x16, b"Milan-B0")),
+            ext(AMD + "2", _tlv(0x16, product)),
             ext(AMD + "3.1", der_int(bl)),
             ext(AMD + "3.2", der_int(tee)),
             ext(AMD + "3.3", der_int(snp_spl)),
             *(ext(AMD + f"3.{i}", der_int(0)) for i in (4, 5, 6, 7)),
             ext(AMD + "3.8", der_int(ucode)),
-            ext(AMD + "4", chip_id or self.chip_id),
+            *([ext(AMD + "3.9", der_int(fmc))] if fmc is not None else []),
+            ext(AMD + "5", _tlv(0x16, b"cloud-provider-1"))
+            if vlek
+            else ext(AMD + "4", chip_id or self.chip_id),
         ]
         return make_cert(
-            "SEV-VCEK",
+            "SEV-VLEK" if vlek else "SEV-VCEK",
             self.vcek_key,
             f"SEV-{self.name}",
             self._ask_key,
@@ -191,9 +201,14 @@ class SnpLab:
         guest_svn: int = 1,
         version: int = 2,
         signing_key: int = 0,
+        turin_fmc: int | None = None,
     ) -> bytes:
+        """A signed report; `turin_fmc` lays the TCB out as Turin does (FMC first) and sets the
+        CPUID family 0x1A of a version-3 report."""
         bl, tee, snp_spl, ucode = tcb or self.tcb
         tcb_raw = bytes([bl, tee, 0, 0, 0, 0, snp_spl, ucode])
+        if turin_fmc is not None:
+            tcb_raw = bytes([turin_fmc, bl, tee, snp_spl, 0, 0, 0, ucode])
         policy = 0x30000 | (1 << 19 if debug else 0)
         r = bytearray(0x4A0)
         r[0:4] = version.to_bytes(4, "little")
@@ -206,6 +221,8 @@ class SnpLab:
         r[0x90:0xC0] = measurement
         r[0xC0:0xE0] = host_data
         r[0x180:0x188] = tcb_raw
+        if turin_fmc is not None:
+            r[0x188:0x18B] = bytes([0x1A, 0x02, 0x01])
         r[0x1A0:0x1E0] = self.chip_id
         r[0x1E0:0x1E8] = tcb_raw
         r[0x1E8:0x1EB] = bytes([3, 55, 1])

@@ -315,3 +315,40 @@ def test_the_type_names_match_the_policys_names() -> None:
     assert typing.get_args(claims.TcbStatus) == evidence_policy.TCB_STATUSES == claims.TCB_STATUSES
     assert typing.get_args(claims.EvidenceType) == evidence_policy.EVIDENCE_TYPES
     assert set(claims.EVIDENCE_NAMES) == set(evidence_policy.EVIDENCE_TYPES)
+
+
+def test_snp_report_signed_by_a_vlek_verifies_and_its_twin_without_one_is_named(
+    snp_lab: SnpLab,
+) -> None:
+    vlek = snp_lab.vcek_for(snp_lab.tcb, vlek=True)
+    report = snp_lab.report(signing_key=1)
+    ev = snp_verifier(snp_lab).verify(
+        evidence_envelope("sev-snp", report, pem(vlek, snp_lab.ask, snp_lab.ark)), now=NOW
+    )
+    assert ev.claims["signing_key"] == "vlek" and ev.chain[0].subject == vlek.subject
+    # the VCEK of the chip does not stand in for a VLEK
+    err = refused(
+        snp_verifier(snp_lab),
+        evidence_envelope("sev-snp", report, snp_lab.certificates_pem),
+        Reason.COLLATERAL_MISSING,
+    )
+    assert "VLEK" in str(err)
+
+
+def test_snp_turin_report_reads_the_tcb_in_turins_layout(snp_lab: SnpLab) -> None:
+    vcek = snp_lab.vcek_for(snp_lab.tcb, fmc=2, product=b"Turin-B0")
+    report = snp_lab.report(version=3, turin_fmc=2)
+    ev = snp_verifier(snp_lab).verify(
+        evidence_envelope("sev-snp", report, pem(vcek, snp_lab.ask, snp_lab.ark)), now=NOW
+    )
+    assert ev.tcb.to_json() == {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115, "fmc": 2}
+    assert ev.claims["product"] == "Turin-B0"
+    # the same bytes read in Milan's layout are another TCB: that VCEK does not match
+    milan_read = snp_lab.report(
+        version=3, tcb=(2, 3, 8, 115)
+    )  # fmc=2 bl=3 where Milan reads bl, tee
+    refused(
+        snp_verifier(snp_lab),
+        evidence_envelope("sev-snp", milan_read, pem(vcek, snp_lab.ask, snp_lab.ark)),
+        Reason.COLLATERAL_MISSING,
+    )
