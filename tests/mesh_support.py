@@ -299,6 +299,27 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def s_client(port: int, *args: str, data: bytes = b"hello\n") -> subprocess.CompletedProcess[bytes]:
+    """openssl s_client as a real peer of 127.0.0.1:`port`: send `data`, give the far end a
+    moment to answer, then close."""
+    proc = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        proc.stdin.write(data)
+        proc.stdin.flush()
+    time.sleep(1.0)
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    proc.stdin = None  # communicate() must not flush the closed pipe
+    out, err = proc.communicate(timeout=20)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def roundtrip(addr: tuple[str, int], payload: bytes, timeout: float = 20) -> bytes:
     """Send payload, half-close, read everything back."""
     with socket.create_connection(addr, timeout=timeout) as s:

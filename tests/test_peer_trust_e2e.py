@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import pytest
 from cryptography import x509
 
 from tests.mesh_support import EchoServer, Mesh, Proc, make_mesh, roundtrip
+from tests.mesh_support import s_client as openssl_client
 
 pytestmark = pytest.mark.slow
 
@@ -59,24 +59,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def s_client(port: int, *args: str, data: bytes) -> str:
-    """openssl s_client as the peer: send `data`, give the far end a moment to answer, close;
-    all its output."""
-    proc = subprocess.Popen(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert proc.stdin is not None
-    with contextlib.suppress(OSError):
-        proc.stdin.write(data)
-        proc.stdin.flush()
-    time.sleep(1.0)
-    with contextlib.suppress(OSError):
-        proc.stdin.close()
-    proc.stdin = None  # communicate() must not flush the closed pipe
-    out, _ = proc.communicate(timeout=20)
-    return out.decode(errors="replace")
+    """openssl s_client as the peer; all it printed."""
+    done = openssl_client(port, *args, data=data)
+    return (done.stdout + done.stderr).decode(errors="replace")
 
 
 def serial_of(cert_path: str) -> str:

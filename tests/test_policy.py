@@ -302,21 +302,25 @@ def test_slice_for_gives_a_sidecar_its_part_of_the_policy() -> None:
         "allowed_callers": [],
         "authorization": "enforce",
         "min_epoch": 3,
+        "certificate_lifetime_seconds": 300,
         "registry": {
             "frontend": {
                 "addresses": ["10.0.0.1:7001"],
                 "identity": "spiffe://prod.example.org/svc/frontend",
                 "authorization": "enforce",
+                "measurements": [M1],
             },
             "legacy": {
                 "addresses": [],
                 "identity": "spiffe://prod.example.org/svc/legacy",
                 "authorization": "enforce",
+                "measurements": [M1],
             },
             "orders": {
                 "addresses": ["10.0.0.2:7002", "[::1]:7002"],
                 "identity": "spiffe://prod.example.org/svc/orders",
                 "authorization": "audit",
+                "measurements": [M2, M3],
             },
         },
         "native_services": {"billing": {"address": "billing.internal:9000", "waf": False}},

@@ -23,7 +23,17 @@ from netshield.identity import SpiffeId
 from netshield.pki.ca import create_root_ca, issue_certificate, load_ca
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.keys import generate_key, private_key_pem
-from tests.mesh_support import TD, EchoServer, Mesh, Proc, http_get, make_mesh, roundtrip, sha256
+from tests.mesh_support import (
+    TD,
+    EchoServer,
+    Mesh,
+    Proc,
+    http_get,
+    make_mesh,
+    roundtrip,
+    s_client,
+    sha256,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -120,23 +130,7 @@ def test_caller_not_in_policy_gets_no_byte_through_and_is_recorded(
 def _s_client(
     port: int, *args: str, data: bytes = b"hello\n"
 ) -> subprocess.CompletedProcess[bytes]:
-    """openssl s_client as a real peer: send `data`, give the far end a moment to answer, then close."""
-    proc = subprocess.Popen(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    with contextlib.suppress(OSError):
-        proc.stdin.write(data)
-        proc.stdin.flush()
-    time.sleep(1.0)
-    with contextlib.suppress(OSError):
-        proc.stdin.close()
-    proc.stdin = None  # communicate() must not flush the closed pipe
-    out, err = proc.communicate(timeout=20)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return s_client(port, "-tls1_3", *args, data=data)
 
 
 def _write_cert(
