@@ -28,6 +28,7 @@ from netshield.identity import SpiffeId
 from netshield.pki.ca import issue_certificate, load_ca
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.keys import generate_key, private_key_pem
+from netshield.policy import policy_hash
 from tests.mesh_support import TD, EchoServer
 from tests.shield_support import Program, ShieldMesh, make_shield_mesh, ports_env
 
@@ -367,3 +368,36 @@ def test_a_server_whose_attestation_is_refused_fails_its_accepts_and_readyz(
         assert "MEASUREMENT_NOT_ALLOWED" in program.stderr()
     finally:
         program.stop()
+
+
+def test_raising_the_epoch_reattests_the_process_and_cuts_off_its_stale_peers(
+    sm: ShieldMesh, orders: Program
+) -> None:
+    """Last in this module: it moves the whole mesh to epoch 2. Renewal is a fresh attestation
+    (the agent's, unchanged): the shielded server's /identity shows the new epoch and /status
+    counts the renewal; a live connection from a peer still on epoch 1 is closed (POLICY_STALE)."""
+    env = ports_env(sm.ports, APP_MODE="hold", APP_TARGET="127.0.0.1")
+    holder = sm.start("frontend", env, name="frontend-hold-epoch")
+    seen = len(sm.records("orders"))
+    text = sm.mesh.layout.policy.read_text()
+    new_file = sm.root / "policy-v2.yaml"
+    new_file.write_text(text.replace("min_epoch: 1", "min_epoch: 2"))
+    sm.mesh.cas_admin("policy", "apply", str(new_file), "--previous", policy_hash(text))
+    rec = _new_record(sm, "orders", seen, lambda r: r["close_reason"] == "POLICY_STALE")
+    assert rec["peer_epoch"] == 1 and rec["peer_identity"] == FRONTEND
+    admin = orders.ready["admin"]
+    deadline = time.monotonic() + 15
+    identity: dict = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{admin}/identity", timeout=10) as resp:
+            identity = json.loads(resp.read())
+        if identity.get("epoch") == 2:
+            break
+        time.sleep(0.1)
+    assert identity["epoch"] == 2
+    with urllib.request.urlopen(f"http://{admin}/status", timeout=10) as resp:
+        status = json.loads(resp.read())
+    assert status["mode"] == "in-process" and status["agent"]["renewals"] >= 1
+    holder.stop()
+    rc, out, err = _client(sm, "urllib")  # a fresh process attests under epoch 2 and gets in
+    assert rc == 0 and out is not None and out["ok"], (out, err)
