@@ -72,19 +72,11 @@ class ShieldMesh:
         return self.root / "workloads" / service
 
     def records(self, service: str) -> list[dict[str, Any]]:
-        path = self.root / f"{service}.shield.records.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """The shielded service's records (a sidecar of the same service writes its own file)."""
+        return self.mesh.records(f"{service}.shield")
 
     def wait_record(self, service: str, pred: Any, timeout: float = 15) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for rec in self.records(service):
-                if pred(rec):
-                    return rec
-            time.sleep(0.05)
-        raise AssertionError(f"no matching record for {service}: {self.records(service)}")
+        return self.mesh.wait_record(f"{service}.shield", pred, timeout)
 
     def config(self, service: str, name: str | None = None, **sections: Any) -> Path:
         assert self.mesh.cas is not None

@@ -40,7 +40,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
     text = str(err.value)
     for fragment in (
         "workload.cmd: unknown key",
-        "workload: the platform service measures the workload itself",
+        "workload: only a platform held in process measures the workload itself",
         "outbound.default: 'protected' is not allowed",
         "outbound.destinations[0]: protected needs the service",
         "outbound.destinations[1].mode: a mesh service is always protected",

@@ -63,6 +63,7 @@ from netshield.sidecar.config import (
     TlsMinVersion,
     WorkloadConfig,
     build_shared,
+    file_problems,
 )
 
 Mode = Literal["protected", "unprotected", "refuse"]
@@ -350,23 +351,7 @@ def load_shield_config(path: Path) -> ShieldConfig:
             str(path), [Problem("", f"cannot read ({err.strerror or err})")]
         ) from None
     config = parse_shield_config(text, source=str(path), base_dir=path.parent)
-    problems: list[Problem] = []
-    if not config.cas.ca.is_file():
-        problems.append(Problem("cas.ca", f"no such file: {config.cas.ca}"))
-    in_process = config.platform.in_process
-    if in_process is not None and not in_process.is_dir():
-        problems.append(
-            Problem(
-                "platform.in_process",
-                f"no such directory: {in_process} (make one with `netshield platform init`)",
-            )
-        )
-    if config.workload.path is not None and not config.workload.path.exists():
-        problems.append(
-            Problem("workload.path", f"no such file or directory: {config.workload.path}")
-        )
-    if config.records.file is not None and not config.records.file.parent.is_dir():
-        problems.append(Problem("records.file", f"no such directory: {config.records.file.parent}"))
+    problems = file_problems(config.sidecar_view(config.workload.path or path.parent, ()))
     if problems:
         raise ConfigError(str(path), problems)
     return config
@@ -383,18 +368,23 @@ def _cross_problems(doc: dict[str, Any], raw: object) -> list[Problem]:
     problems: list[Problem] = []
     platform = doc["platform"]
     if isinstance(platform, dict):
-        socket, in_process = platform["socket"], platform["in_process"]
-        if socket is None and in_process is None:
-            problems.append(Problem("platform", "needs socket or in_process"))
-        elif socket is not None and in_process is not None:
-            problems.append(Problem("platform.in_process", "give socket or in_process, not both"))
+        given = sorted(key for key, value in platform.items() if value is not None)
+        if len(given) != 1:
+            problems.append(
+                Problem(
+                    "platform",
+                    f"give exactly one of {', '.join(sorted(platform))} (got "
+                    f"{', '.join(given) or 'none'})",
+                )
+            )
         raw_workload = raw.get("workload") if isinstance(raw, dict) else None
-        if socket is not None and raw_workload is not None:
+        if given != ["in_process"] and raw_workload is not None:
             problems.append(
                 Problem(
                     "workload",
-                    "the platform service measures the workload itself (its own workload map); "
-                    "remove this section, or use platform.in_process",
+                    "only a platform held in process measures the workload itself; with the "
+                    "host's platform service (or a TEE) the platform measures it: remove this "
+                    "section, or use platform.in_process",
                 )
             )
     for i, rule in _rules(doc):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,15 @@ from netshield.shield.rules import (
 )
 from netshield.shield.sockets import Address, Shielded, SocketHooks
 from netshield.sidecar.admin import AdminProviders, AdminServer
-from netshield.sidecar.app import _housekeeping, _recheck, discover_trust_domain, make_quoter
+from netshield.sidecar.app import (
+    _housekeeping,
+    _recheck,
+    discover_trust_domain,
+    identity_of,
+    make_agent,
+    make_quoter,
+    seconds_to_expiry,
+)
 from netshield.sidecar.connection import Attempt
 from netshield.sidecar.livetable import ConnectionTable
 from netshield.sidecar.metrics import SidecarMetrics
@@ -193,10 +201,6 @@ class Engine:
         self._stop = stop = asyncio.Event()
         holder, agent_box = self.holder, [] if self.agent is None else [self.agent]
 
-        def seconds_to_expiry() -> float | None:
-            creds = holder.credentials
-            return (creds.not_after - datetime.now(UTC)).total_seconds() if creds else None
-
         def ready() -> tuple[bool, str]:
             state = holder.state()
             if not state.ready:
@@ -206,7 +210,7 @@ class Engine:
             return True, ""
 
         metrics = SidecarMetrics(
-            seconds_to_expiry=seconds_to_expiry,
+            seconds_to_expiry=functools.partial(seconds_to_expiry, holder),
             renewals=lambda: self.agent.renewals if self.agent else 0,
             renewal_failures=lambda: self.agent.renewal_failures if self.agent else 0,
             ready=lambda: ready()[0],
@@ -276,18 +280,7 @@ class Engine:
             if self.config.inbound.tls_min_version == "1.2"
             else ssl.TLSVersion.TLSv1_3
         )
-        agent = Agent(
-            config.cas.url,
-            config.cas.ca.read_bytes(),
-            quoter,
-            config.service,
-            trust_domain,
-            self.holder,
-            self.revocations,
-            min_version=min_version,
-            fraction=config.renewal.fraction,
-            jitter=config.renewal.jitter,
-        )
+        agent = make_agent(config, quoter, trust_domain, self.holder, self.revocations, min_version)
         self.agent = agent
         agent_box.append(agent)
         assert self.rt is not None
@@ -331,19 +324,6 @@ class Engine:
         metrics: SidecarMetrics,
         table: ConnectionTable,
     ) -> AdminProviders:
-        def identity() -> dict[str, Any] | None:
-            creds = self.holder.credentials
-            if creds is None or self.holder.current() is None:
-                return None
-            return {
-                "spiffe_id": str(creds.spiffe_id),
-                "serial": format(creds.serial, "x"),
-                "not_after": creds.not_after.isoformat(),
-                "measurement": creds.measurement,
-                "epoch": creds.epoch,
-                "policy_version": creds.policy_version,
-            }
-
         def status() -> dict[str, Any]:
             return {
                 "service": self.config.service,
@@ -358,7 +338,7 @@ class Engine:
             ready=ready,
             metrics=metrics.render,
             connections=table.snapshot,
-            identity=identity,
+            identity=functools.partial(identity_of, self.holder),
             status=status,
         )
 

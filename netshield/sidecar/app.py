@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -254,6 +255,51 @@ def _capture_ports(t: TransparentConfig | None) -> tuple[int, int, bool] | None:
     return None if t is None else (t.outbound_port, t.inbound_port, bool(t.service_ports))
 
 
+def seconds_to_expiry(holder: CredentialHolder) -> float | None:
+    """Seconds until the held certificate expires (negative once it has), None without one."""
+    creds = holder.credentials
+    return (creds.not_after - datetime.now(UTC)).total_seconds() if creds else None
+
+
+def identity_of(holder: CredentialHolder) -> dict[str, Any] | None:
+    """The public facts of the valid certificate held, for /identity; None without one."""
+    creds = holder.credentials
+    if creds is None or holder.current() is None:
+        return None
+    return {
+        "spiffe_id": str(creds.spiffe_id),
+        "serial": format(creds.serial, "x"),
+        "not_after": creds.not_after.isoformat(),
+        "measurement": creds.measurement,
+        "epoch": creds.epoch,
+        "policy_version": creds.policy_version,
+    }
+
+
+def make_agent(
+    config: SidecarConfig,
+    quoter: Quoter,
+    trust_domain: str,
+    holder: CredentialHolder,
+    revocations: RevocationState,
+    min_version: ssl.TLSVersion,
+) -> Agent:
+    """The agent that attests `config.service` and keeps its credentials, as `config` says."""
+    return Agent(
+        config.cas.urls,
+        config.cas.ca.read_bytes(),
+        quoter,
+        config.service,
+        trust_domain,
+        holder,
+        revocations,
+        min_version=min_version,
+        resumption=config.tls.resumption,
+        fraction=config.renewal.fraction,
+        jitter=config.renewal.jitter,
+    )
+
+
 async def run_sidecar(
     config_path: Path, *, out: TextIO | None = None, stop: asyncio.Event | None = None
 ) -> None:
@@ -265,10 +311,6 @@ async def run_sidecar(
     table = ConnectionTable(limit=config.limits.max_connections)
     agent_box: list[Agent] = []
     bound: dict[str, str] = {}
-
-    def seconds_to_expiry() -> float | None:
-        creds = holder.credentials
-        return (creds.not_after - datetime.now(UTC)).total_seconds() if creds else None
 
     def ready() -> tuple[bool, str]:
         state = holder.state()
@@ -283,7 +325,7 @@ async def run_sidecar(
         return True, ""
 
     metrics = SidecarMetrics(
-        seconds_to_expiry=seconds_to_expiry,
+        seconds_to_expiry=functools.partial(seconds_to_expiry, holder),
         renewals=lambda: agent_box[0].renewals if agent_box else 0,
         renewal_failures=lambda: agent_box[0].renewal_failures if agent_box else 0,
         ready=lambda: ready()[0],
@@ -311,19 +353,6 @@ async def run_sidecar(
     for line in waf_lines:
         log.info("WAF route %s", line)
 
-    def identity() -> dict[str, Any] | None:
-        creds = holder.credentials
-        if creds is None or holder.current() is None:
-            return None
-        return {
-            "spiffe_id": str(creds.spiffe_id),
-            "serial": format(creds.serial, "x"),
-            "not_after": creds.not_after.isoformat(),
-            "measurement": creds.measurement,
-            "epoch": creds.epoch,
-            "policy_version": creds.policy_version,
-        }
-
     def status() -> dict[str, Any]:
         agent_status = agent_box[0].status() if agent_box else {}
         return {
@@ -338,7 +367,7 @@ async def run_sidecar(
         ready=ready,
         metrics=metrics.render,
         connections=table.snapshot,
-        identity=identity,
+        identity=functools.partial(identity_of, holder),
         status=status,
     )
     loop = asyncio.get_running_loop()
@@ -368,19 +397,7 @@ async def run_sidecar(
             if config.inbound and config.inbound.tls_min_version == "1.2"
             else ssl.TLSVersion.TLSv1_3
         )
-        agent = Agent(
-            config.cas.urls,
-            config.cas.ca.read_bytes(),
-            quoter,
-            config.service,
-            trust_domain,
-            holder,
-            revocations,
-            min_version=min_version,
-            resumption=config.tls.resumption,
-            fraction=config.renewal.fraction,
-            jitter=config.renewal.jitter,
-        )
+        agent = make_agent(config, quoter, trust_domain, holder, revocations, min_version)
         agent_box.append(agent)
         agent.on_revocation(lambda _event: _recheck(rt))
         agent.on_epoch(lambda _epoch: _recheck(rt))
