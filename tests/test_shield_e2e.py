@@ -39,9 +39,16 @@ ORDERS = f"spiffe://{TD}/svc/orders"
 
 
 @pytest.fixture(scope="module")
-def sm() -> Iterator[ShieldMesh]:
+def native() -> EchoServer:
+    """The native service "legacy" (no sidecar, no certificate), in the policy's native_services."""
+    return EchoServer()
+
+
+@pytest.fixture(scope="module")
+def sm(native: EchoServer) -> Iterator[ShieldMesh]:
     root = Path(tempfile.mkdtemp(prefix="netshield-shield-"))
-    world = make_shield_mesh(root)
+    extra = f"native_services:\n  legacy:\n    address: 127.0.0.1:{native.port}\n    waf: false\n"
+    world = make_shield_mesh(root, policy_extra=extra)
     world.mesh.start_cas()
     try:
         yield world
@@ -203,6 +210,22 @@ def test_a_destination_outside_the_mesh_is_refused_unless_a_rule_passes_it(
     )
     assert rec["reason"] == "DESTINATION_NOT_IN_MESH" and rec["peer_identity"] is None
     assert rec["bytes_in"] > 0 and rec["proxy"] == "in-process"
+
+
+def test_a_native_service_of_the_policy_takes_the_native_route(
+    sm: ShieldMesh, orders: Program, native: EchoServer
+) -> None:
+    env = ports_env(
+        {**sm.ports, "socket": native.port},
+        APP_MODE="socket",
+        APP_TARGET="127.0.0.1",
+        APP_MARKER="to-legacy",
+    )
+    rc, out, err = sm.run("frontend", env)
+    assert rc == 0 and out is not None and "to-legacy" in out["reply"], (out, err)
+    rec = sm.wait_record("frontend", lambda r: r["dst"] == f"127.0.0.1:{native.port}")
+    assert rec["decision"] == "allow" and rec["proxy"] == "in-process"
+    assert rec["peer_identity"] is None and rec["bytes_in"] > 0
 
 
 def test_udp_to_a_mesh_service_and_sockets_of_a_forked_child_are_refused(

@@ -13,7 +13,7 @@ naming the agent's last error (the CAS's reason code), never sent in plaintext.
 Guarantees: the shield's own sockets (CAS, admin, the real TCP sockets of the flows) live on its
 thread, which the hooks leave alone; `stop()` is idempotent, closes live connections (DRAINED),
 flushes the records and removes the hooks; a forked child refuses every network operation with
-SHIELD_NOT_INHERITED (the key and the relay thread stay with the parent).
+SHIELD_NOT_INHERITED (threads do not survive fork: the child has no agent and no relay).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from netshield.agent.agent import Agent
+from netshield.agent.attest import Quoter
 from netshield.agent.credentials import CredentialHolder
 from netshield.agent.revocations import RevocationState
 from netshield.errors import NetshieldError
@@ -74,6 +75,7 @@ from netshield.sidecar.app import (
     make_quoter,
     seconds_to_expiry,
 )
+from netshield.sidecar.config import SidecarConfig
 from netshield.sidecar.connection import Attempt
 from netshield.sidecar.livetable import ConnectionTable
 from netshield.sidecar.metrics import SidecarMetrics
@@ -199,7 +201,7 @@ class Engine:
         config = self.view
         self.loop = asyncio.get_running_loop()
         self._stop = stop = asyncio.Event()
-        holder, agent_box = self.holder, [] if self.agent is None else [self.agent]
+        holder = self.holder
 
         def ready() -> tuple[bool, str]:
             state = holder.state()
@@ -247,7 +249,7 @@ class Engine:
                     ) from None
                 self.admin_address = str(admin.address)
             self._started.set()
-            tasks.append(asyncio.create_task(self._attest(config, quoter, stop, agent_box)))
+            tasks.append(asyncio.create_task(self._attest(config, quoter, stop)))
             tasks.append(asyncio.create_task(_housekeeping(rt)))
             await stop.wait()
         finally:
@@ -269,9 +271,7 @@ class Engine:
                 await admin.close()
             sink.close()
 
-    async def _attest(
-        self, config: Any, quoter: Any, stop: asyncio.Event, agent_box: list[Agent]
-    ) -> None:
+    async def _attest(self, config: SidecarConfig, quoter: Quoter, stop: asyncio.Event) -> None:
         trust_domain = await discover_trust_domain(config, stop)
         if trust_domain is None:
             return
@@ -282,7 +282,6 @@ class Engine:
         )
         agent = make_agent(config, quoter, trust_domain, self.holder, self.revocations, min_version)
         self.agent = agent
-        agent_box.append(agent)
         assert self.rt is not None
         rt = self.rt
         agent.on_revocation(lambda _event: _recheck(rt))
@@ -385,7 +384,8 @@ class Engine:
             raise refusal(
                 Reason.SHIELD_NOT_INHERITED,
                 f"this process (pid {os.getpid()}) was forked from the shielded process "
-                f"{self._pid}; the shield, its key and its relay stay with the parent",
+                f"{self._pid}; threads do not survive fork, so the child has no shield of its own "
+                "(no agent, no relay)",
             )
 
     def _names(self) -> dict[str, frozenset[str]]:

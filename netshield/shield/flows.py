@@ -74,13 +74,15 @@ class Outgoing:
     relay: socket.socket  # the shield's end of the pair
     stall: Stall | None = None
 
-    def succeed(self, attempt: Attempt, local: object) -> None:
-        """Complete the program's connect: addresses known, the pair end released."""
+    def succeed(self, attempt: Attempt, local: object, *, relayed: bool = True) -> None:
+        """Complete the program's connect: addresses known, the pair end released. `relayed`:
+        the program's own socket carries the connection (not the native route's dial)."""
         entry = self.entry
         entry.peer = address_tuple(self.family, self.verdict.target)
         entry.local = local if isinstance(local, tuple) else None
-        entry.real = self.real
-        attempt.src = _hostport(local)
+        entry.real = self.real if relayed else None
+        if local is not None:
+            attempt.src = _hostport(local)
         if self.stall is not None:
             self.stall.release()
         entry.done.set()
@@ -110,8 +112,7 @@ async def outbound(rt: Runtime, out: Outgoing) -> None:
         if isinstance(verdict, Native):
             route = NativeRoute(verdict.service, verdict.target, verdict.waf)
             close_socket(out.real)
-            out.succeed(attempt, ("0.0.0.0", 0))  # noqa: S104 -- the native route dials
-            out.entry.real = None
+            out.succeed(attempt, None, relayed=False)  # the native route dials for itself
             await native_outbound(rt, attempt, out.relay, route, creds.policy_version)
             return
         t0 = time.monotonic()
@@ -144,6 +145,7 @@ async def outbound(rt: Runtime, out: Outgoing) -> None:
             if not decision.allowed:
                 out.fail(decision.reason, decision.detail)
                 return
+        local: object = None
         with contextlib.suppress(OSError):
             local = out.real.getsockname()
         out.succeed(attempt, local)

@@ -27,6 +27,7 @@ socket's inode, so a reused fd number never inherits another socket's state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import threading
@@ -179,8 +180,6 @@ class SocketHooks:
             try:
                 connect(sock, address)
             except BlockingIOError:
-                import errno
-
                 return errno.EINPROGRESS
             except OSError as err:
                 return err.errno or -1
@@ -218,8 +217,6 @@ class SocketHooks:
             if entry is None:
                 return orig["getpeername"](sock)  # type: ignore[no-any-return]
             if entry.peer is None:
-                import errno
-
                 raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
             return entry.peer
 
