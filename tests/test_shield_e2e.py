@@ -120,6 +120,25 @@ def _new_record(sm: ShieldMesh, service: str, seen: int, pred: object) -> dict:
     return sm.wait_record(service, lambda r: r in sm.records(service)[seen:] and pred(r))  # type: ignore[operator]
 
 
+def test_a_mesh_service_name_of_the_config_resolves_to_its_registry_address(
+    sm: ShieldMesh, orders: Program
+) -> None:
+    """`names` in the config: the program dials http://orders.mesh/ (port 80, no DNS entry);
+    the name stands for orders' first registry address, its http.server."""
+    config = sm.config(
+        "frontend",
+        name="frontend-names",
+        outbound={"destinations": [{"service": "orders", "names": ["orders.mesh"]}]},
+    )
+    env = ports_env(
+        {**sm.ports, "http": 80}, APP_MODE="requests", APP_TARGET="orders.mesh", APP_MARKER="named"
+    )
+    rc, out, err = sm.run("frontend", env, config=config)
+    assert rc == 0 and out is not None and "named" in out["reply"], (out, err)
+    rc, out, _err = sm.run("frontend", env)  # without the name in the config: no such host
+    assert rc == 3 and out is not None and not out["ok"]
+
+
 def test_a_plaintext_caller_never_reaches_the_shielded_server(
     sm: ShieldMesh, orders: Program
 ) -> None:
@@ -256,6 +275,8 @@ def test_a_c_extension_with_sockets_of_its_own_is_refused_at_import_unless_allow
 
 
 def test_the_admin_listener_reports_readiness_and_metrics(sm: ShieldMesh, orders: Program) -> None:
+    rc, out, _err = _client(sm, "socket")  # one connection counted, whatever ran before
+    assert rc == 0 and out is not None and out["ok"]
     admin = orders.ready["admin"]
     with urllib.request.urlopen(f"http://{admin}/readyz", timeout=10) as resp:
         assert resp.status == 200
@@ -269,6 +290,15 @@ def test_the_admin_listener_reports_readiness_and_metrics(sm: ShieldMesh, orders
         'netshield_connections_total{decision="allow",direction="inbound",reason="OK"}' in metrics
     )
     assert "netshield_ready 1.0" in metrics
+    # the key lives in the process's memory only: not in its output, records, admin answers or files
+    written = [orders.stderr(), metrics, json.dumps(identity)]
+    written += [p.read_text() for p in sm.root.glob("*.shield.records.jsonl")]
+    assert not any("PRIVATE KEY" in text for text in written)
+    own_files = {
+        Path(os.readlink(f"/proc/{orders.popen.pid}/fd/{fd}")).name
+        for fd in os.listdir(f"/proc/{orders.popen.pid}/fd")
+    }
+    assert not any(name.endswith((".key", ".pem")) for name in own_files), own_files
 
 
 def test_an_in_process_client_calls_a_sidecar_fronted_service_and_a_sidecar_calls_it(
