@@ -11,6 +11,7 @@ import selectors
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,12 +194,22 @@ def make_shield_mesh(
     for service, program in programs.items():
         shutil.copy(PROGRAMS / program, mesh.root / "workloads" / service / "app.py")
         measurements[service] = measure(mesh.root / "workloads" / service, ENTRY.split())
+    embedded = mesh.root / "workloads" / "frontend-embedded"  # starts the shield itself
+    embedded.mkdir()
+    shutil.copy(PROGRAMS / "embedded.py", embedded / "app.py")
+    shutil.copy(PROGRAMS / "client.py", embedded / "client.py")
+    measurements["frontend-embedded"] = measure(embedded, [sys.executable, "app.py"])
     mesh.measurements = measurements
     mesh.layout.policy.write_text(
         mesh_policy(
             measurements,
             extra=policy_extra,
-            overrides={"orders": {"addresses": addresses}},
+            overrides={
+                "orders": {"addresses": addresses},
+                "frontend": {
+                    "measurements": [measurements["frontend"], measurements["frontend-embedded"]]
+                },
+            },
         )
     )
     return ShieldMesh(mesh=mesh, ports=ports, sidecar_ports=sidecar_ports)

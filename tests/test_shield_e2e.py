@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -31,6 +32,7 @@ from netshield.pki.keys import generate_key, private_key_pem
 from netshield.policy import policy_hash
 from tests.mesh_support import TD, EchoServer
 from tests.shield_support import Program, ShieldMesh, make_shield_mesh, ports_env
+from tests.support import netshield_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +120,46 @@ def test_an_unmodified_client_reaches_an_unmodified_server_over_mesh_mtls(
 
 def _new_record(sm: ShieldMesh, service: str, seen: int, pred: object) -> dict:
     return sm.wait_record(service, lambda r: r in sm.records(service)[seen:] and pred(r))  # type: ignore[operator]
+
+
+def test_a_program_can_start_the_shield_itself_with_one_call(
+    sm: ShieldMesh, orders: Program
+) -> None:
+    """`import netshield.shield; netshield.shield.start(CONFIG)`: the process measures its own
+    command line (sys.orig_argv) and code tree; the policy approves that build of frontend."""
+    embedded = sm.workload("frontend-embedded")
+    config = sm.config("frontend", name="frontend-embedded")
+    seen = len(sm.records("frontend"))
+    env = {
+        **os.environ,
+        **ports_env(sm.ports, APP_MODE="urllib", APP_TARGET="127.0.0.1", APP_MARKER="embedded"),
+        "SHIELD_CONFIG": str(config),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    done = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=embedded,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "embedded" in done.stdout, done.stderr
+    target = f"127.0.0.1:{sm.ports['aiohttp']}"
+    rec = _new_record(sm, "frontend", seen, lambda r: r["dst"] == target)
+    assert rec["proxy"] == "in-process" and rec["peer_identity"] == ORDERS
+    # one shield a process: a second start (here: under netshield run) is refused
+    twice = subprocess.run(
+        netshield_cmd("run", "--config", str(config), "--", sys.executable, "app.py"),
+        cwd=embedded,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert twice.returncode == 1 and "already runs in this process" in twice.stderr
 
 
 def test_a_mesh_service_name_of_the_config_resolves_to_its_registry_address(

@@ -133,7 +133,11 @@ class Engine:
         self._started.wait()
         if self._failure is not None:
             raise ShieldStartError(str(self._failure)) from None
-        self.hooks.install(self)
+        try:
+            self.hooks.install(self)
+        except RuntimeError as err:
+            self.stop()
+            raise ShieldStartError(str(err)) from None
         os.register_at_fork(after_in_child=self._after_fork)
         sys.addaudithook(self._audit)
         if not self._first_outcome.wait(startup_timeout):

@@ -42,6 +42,7 @@ _FORWARDED_SOCKET_OPTIONS = frozenset(
 )
 
 Address = tuple[Any, ...]
+_MARK = "_netshield_hooks"  # set on socket.socket while hooks are installed (one shield a process)
 
 
 @dataclass
@@ -137,9 +138,9 @@ class SocketHooks:
         return self.shield is not None
 
     def install(self, shield: Shield) -> None:
-        if self.shield is not None:
-            raise RuntimeError("the shield's socket hooks are already installed")
         cls = socket.socket
+        if self.shield is not None or getattr(cls, _MARK, None) is not None:
+            raise RuntimeError("the in-process shield already runs in this process")
         names = (
             "connect",
             "connect_ex",
@@ -297,6 +298,7 @@ class SocketHooks:
             function.__doc__ = f"{orig[name].__doc__ or ''}\n\n(netshield in-process shield)"
             setattr(cls, name, function)
         socket.getaddrinfo = getaddrinfo
+        setattr(cls, _MARK, self)
 
     def uninstall(self) -> None:
         """Put the original methods back (idempotent)."""
@@ -306,6 +308,8 @@ class SocketHooks:
             setattr(socket.socket, name, function)
         if self._orig_getaddrinfo is not None:
             socket.getaddrinfo = self._orig_getaddrinfo
+        with contextlib.suppress(AttributeError):
+            delattr(socket.socket, _MARK)
         self.shield = None
 
 
