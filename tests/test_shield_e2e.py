@@ -181,6 +181,14 @@ def test_a_mesh_service_name_of_the_config_resolves_to_its_registry_address(
     assert rc == 3 and out is not None and not out["ok"]
 
 
+def test_concurrent_connections_from_threads_and_an_event_loop_all_get_through(
+    sm: ShieldMesh, orders: Program
+) -> None:
+    rc, out, err = _client(sm, "many")
+    assert rc == 0 and out is not None, (out, err)
+    assert out["reply"] == "asyncio 200/200 threads 80/80"
+
+
 def test_a_plaintext_caller_never_reaches_the_shielded_server(
     sm: ShieldMesh, orders: Program
 ) -> None:

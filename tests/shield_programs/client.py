@@ -88,6 +88,40 @@ async def via_aiohttp() -> str:
             return await resp.text()
 
 
+def via_many() -> str:
+    """200 concurrent aiohttp requests, then 8 threads of requests sessions, at once."""
+    import threading
+
+    import aiohttp
+    import requests
+
+    async def gathered() -> int:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(i: int) -> bool:
+                url = f"http://{HOST}:{PORTS['aiohttp']}/n{i}"
+                async with session.get(url) as resp:
+                    return (await resp.json())["path"] == f"/n{i}"
+
+            return sum(await asyncio.gather(*(one(i) for i in range(200))))
+
+    good: list[bool] = []
+
+    def worker(i: int) -> None:
+        with requests.Session() as session:
+            for j in range(10):
+                url = f"http://{HOST}:{PORTS['http']}/t{i}-{j}"
+                good.append(session.get(url, timeout=30).json()["path"] == f"/t{i}-{j}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    in_asyncio = asyncio.run(gathered())
+    for t in threads:
+        t.join()
+    return f"asyncio {in_asyncio}/200 threads {sum(good)}/80"
+
+
 def via_udp() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(MARKER.encode(), (HOST, PORTS["http"]))
@@ -127,6 +161,7 @@ def via_uvloop() -> str:
 
 
 MODES = {
+    "many": via_many,
     "uvloop": via_uvloop,
     "udp": via_udp,
     "fork": via_fork,
