@@ -600,8 +600,9 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.DATA_PLANE,
             403,
             "The in-process shield refused to load a C extension that opens sockets of its own "
-            "(libpq, gRPC's C core, libcurl, uvloop, ...): it cannot protect them. Use a "
-            "pure-Python client, a sidecar, or c_extensions: allow.",
+            "(libpq, gRPC's C core, libcurl, uvloop, ...), or found and shut down a TCP socket "
+            "opened past Python's socket module: it cannot protect them. Use a pure-Python "
+            "client, a sidecar, or c_extensions: allow.",
         ),
         _r(Reason.CLOSED, Stage.DATA_PLANE, 200, "Both sides finished normally."),
         _r(

@@ -321,6 +321,23 @@ def test_a_c_extension_with_sockets_of_its_own_is_refused_at_import_unless_allow
     assert "uvloop.loop opens its connections" in err and "allowed: c_extensions is allow" in err
 
 
+def test_a_tcp_connection_opened_past_python_sockets_is_found_and_cut(
+    sm: ShieldMesh, orders: Program
+) -> None:
+    """Any C code's socket (here: libc through ctypes), not only the known extensions."""
+    echo = EchoServer()
+    env = ports_env({**sm.ports, "socket": echo.port}, APP_MODE="ctypes", APP_TARGET="127.0.0.1")
+    rc, out, err = sm.run("frontend", env)
+    assert rc == 0 and out is not None and out["reply"] == "first 6 later cut", (out, err)
+    assert "netshield EXTENSION_SOCKETS: a TCP connection 127.0.0.1:" in err
+    rec = sm.wait_record("frontend", lambda r: r["dst"] == f"127.0.0.1:{echo.port}")
+    assert rec["decision"] == "deny" and rec["reason"] == "EXTENSION_SOCKETS"
+    allowing = sm.config("frontend", name="frontend-allow-ctypes", c_extensions="allow")
+    rc, out, err = sm.run("frontend", env, config=allowing)
+    assert rc == 0 and out is not None and out["reply"] == "first 6 later open", (out, err)
+    assert "left open (c_extensions: allow)" in err
+
+
 # --- point 2: same trust plane, same records, admin listener, interop ---------------------------
 
 

@@ -43,6 +43,7 @@ from netshield.netaddr import HostPort
 from netshield.policyslice import PolicySlice
 from netshield.reasons import Reason
 from netshield.recordlog import RecordSink
+from netshield.shield.bypass import SCAN_SECONDS, SocketRegistry, cut, find_bypasses, socket_fds
 from netshield.shield.config import ShieldConfig
 from netshield.shield.extensions import library_of, refusal_text
 from netshield.shield.flows import (
@@ -123,9 +124,14 @@ class Engine:
         self._resolved: tuple[float, dict[str, frozenset[str]]] = (0.0, {})
         self._inbound_reals: dict[str, socket.socket] = {}
         self._reported: set[str] = set()
+        self._sockets = SocketRegistry()
+        self._preexisting: set[int] = set()
+        self._flagged: set[int] = set()
 
     # --- lifecycle (program thread) --------------------------------------------------------
     def start(self, *, startup_timeout: float = STARTUP_TIMEOUT) -> None:
+        self._preexisting = set(socket_fds().values())  # older than the shield: not its business
+        sys.addaudithook(self._audit)  # first: every socket object from now on is accounted for
         self._thread = threading.Thread(
             target=self._thread_main, name="netshield-shield", daemon=True
         )
@@ -139,7 +145,6 @@ class Engine:
             self.stop()
             raise ShieldStartError(str(err)) from None
         os.register_at_fork(after_in_child=self._after_fork)
-        sys.addaudithook(self._audit)
         if not self._first_outcome.wait(startup_timeout):
             log.warning(
                 "netshield: not attested after %g s (CAS %s); connections are refused until it is",
@@ -165,7 +170,11 @@ class Engine:
             self._forked = True
 
     def _audit(self, event: str, args: tuple[Any, ...]) -> None:
-        """Refuse (or report once) C extensions with sockets of their own, as they import."""
+        """Account for every Python socket object; refuse (or report once) C extensions with
+        sockets of their own, as they import."""
+        if event == "socket.__new__" and args:
+            self._sockets.add(args[0])
+            return
         if event != "import" or not self.hooks.installed or not args:
             return
         module = args[0]
@@ -255,6 +264,7 @@ class Engine:
             self._started.set()
             tasks.append(asyncio.create_task(self._attest(config, quoter, stop)))
             tasks.append(asyncio.create_task(_housekeeping(rt)))
+            tasks.append(asyncio.create_task(self._watch_bypasses()))
             await stop.wait()
         finally:
             rt.stopping.set()
@@ -307,6 +317,32 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await run
 
+    async def _watch_bypasses(self) -> None:
+        """Find TCP sockets no Python socket object holds (a C extension's); cut them unless
+        c_extensions is allow. One log line and one deny record each."""
+        if self._preexisting:
+            log.warning(
+                "netshield: %d socket(s) opened before the shield started are not shielded",
+                len(self._preexisting),
+            )
+        while True:
+            await asyncio.sleep(SCAN_SECONDS)
+            known = self._preexisting | self._flagged
+            for found in find_bypasses(self._sockets, known=known):
+                self._flagged.add(found.inode)
+                allowed = self.config.c_extensions == "allow"
+                action = "left open (c_extensions: allow)" if allowed else "shut down"
+                detail = (
+                    f"{found} was opened outside Python's socket module (a C extension or "
+                    f"ctypes), past the in-process shield; {action}"
+                )
+                log.warning("netshield EXTENSION_SOCKETS: %s", detail)
+                self._record_refusal(
+                    "outbound", found.remote, Reason.EXTENSION_SOCKETS, detail, src=found.local
+                )
+                if not allowed:
+                    cut(found)
+
     def _announce(self) -> None:
         """One JSON ready line on stderr (stdout is the program's) once attested."""
         creds = self.holder.credentials
@@ -352,8 +388,10 @@ class Engine:
             raise refusal(Reason.DRAINED, "the shield is not running")
         loop.call_soon_threadsafe(rt.spawn, coro)
 
-    def _record_refusal(self, direction: str, dst: str, reason: Reason, detail: str) -> None:
-        """A refusal decided on the program's thread: one deny record, written on the loop."""
+    def _record_refusal(
+        self, direction: str, dst: str, reason: Reason, detail: str, *, src: str = "in-process"
+    ) -> None:
+        """A refusal decided off the flows: one deny record, written on the loop."""
         rt, loop = self.rt, self.loop
         if rt is None or loop is None:
             return
@@ -363,7 +401,7 @@ class Engine:
                 rt,
                 "outbound" if direction == "outbound" else "inbound",
                 OUTBOUND_LISTENER,
-                src="in-process",
+                src=src,
                 dst=dst,
             ).deny(reason, detail)
 

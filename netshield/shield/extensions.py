@@ -7,8 +7,8 @@ import against it through an audit hook (`sys.addaudithook`, the "import" event,
 module is searched for), so the refusal is an `ImportError` naming the module, the library and
 what to do, at the moment the program imports it -- before it could open a connection.
 
-The list covers what Python services commonly load; a module not on it is not detected (see the
-README's limits): libpq (psycopg 2 and 3, asyncpg does not use it), MySQL's C client, gRPC's C
+The list covers what Python services commonly load; the sockets of a module not on it are found
+after the fact (`netshield.shield.bypass`). On the list: libpq (psycopg 2 and 3, asyncpg does not use it), MySQL's C client, gRPC's C
 core, libcurl, uvloop's libuv loop, ZeroMQ, libmemcached, FreeTDS, gevent's sockets.
 """
 

@@ -122,6 +122,31 @@ def via_many() -> str:
     return f"asyncio {in_asyncio}/200 threads {sum(good)}/80"
 
 
+def via_ctypes() -> str:
+    """A TCP connection opened with libc directly, as a C extension would: past Python's socket
+    module. Reports whether it still works a few seconds later."""
+    import ctypes
+    import struct
+    import time
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+    addr = (
+        struct.pack("=H", socket.AF_INET)
+        + struct.pack("!H", PORTS["socket"])
+        + socket.inet_aton(HOST)
+        + bytes(8)
+    )
+    if libc.connect(fd, addr, len(addr)) != 0:
+        return f"connect failed: {os.strerror(ctypes.get_errno())}"
+    message = f"{MARKER}\n".encode()
+    first = libc.send(fd, message, len(message), socket.MSG_NOSIGNAL)
+    time.sleep(2.5)
+    later = libc.send(fd, message, len(message), socket.MSG_NOSIGNAL)
+    libc.close(fd)
+    return f"first {first} later {'cut' if later < 0 else 'open'}"
+
+
 def via_udp() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(MARKER.encode(), (HOST, PORTS["http"]))
@@ -161,6 +186,7 @@ def via_uvloop() -> str:
 
 
 MODES = {
+    "ctypes": via_ctypes,
     "many": via_many,
     "uvloop": via_uvloop,
     "udp": via_udp,
