@@ -8,8 +8,9 @@ module is searched for), so the refusal is an `ImportError` naming the module, t
 what to do, at the moment the program imports it -- before it could open a connection.
 
 The list covers what Python services commonly load; the sockets of a module not on it are found
-after the fact (`netshield.shield.bypass`). On the list: libpq (psycopg 2 and 3, asyncpg does not use it), MySQL's C client, gRPC's C
-core, libcurl, uvloop's libuv loop, ZeroMQ, libmemcached, FreeTDS, gevent's sockets.
+after the fact (`netshield.shield.bypass`). On the list: libpq (psycopg 2 and 3; asyncpg does
+not use it), MySQL's C client, gRPC's C core, libcurl, uvloop's libuv loop, ZeroMQ,
+libmemcached, FreeTDS, gevent's sockets.
 """
 
 from __future__ import annotations
