@@ -118,11 +118,16 @@ def certificate_problem(
             f"the policy names no service {service}, so no measurement is allowed for {who}: "
             "the CAS issued no such certificate",
         )
-    if claims is not None and claims.measurement not in entry.measurements:
+    if (
+        claims is not None
+        and not entry.any_measurement
+        and claims.measurement not in entry.measurements
+    ):
         return _deny(
             Reason.PEER_MEASUREMENT_NOT_ALLOWED,
             f"{who}'s certificate carries measurement {claims.measurement[:16]}..., which is not "
-            f"in services.{service}.measurements",
+            f"in services.{service}.measurements nor among the reference values under "
+            f"services.{service}.evidence",
         )
     current = max(slice_.min_epoch, feed_epoch)
     if peer.epoch is not None and peer.epoch > current:

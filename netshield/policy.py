@@ -26,6 +26,9 @@ from netshield.evidence_policy import (
     OptionalList,
     PlatformEvidenceRules,
     Reference,
+    SgxReference,
+    SnpReference,
+    TdxReference,
     build_platform_rules,
     build_references,
     reference_problems,
@@ -87,6 +90,27 @@ class ServicePolicy:
     allow_debug: bool | None = None  # None: platforms.allow_debug decides
     authorization: Authorization = "enforce"
     evidence: Mapping[str, Reference] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def certified_measurements(self) -> frozenset[str]:
+        """Every measurement the CAS may certify for this service: the simulated platform's,
+        the SEV-SNP launch measurements, the TDX MRTDs and the SGX MRENCLAVEs the policy lists."""
+        found = set(self.measurements)
+        for ref in self.evidence.values():
+            if isinstance(ref, SnpReference):
+                found |= ref.measurements
+            elif isinstance(ref, TdxReference):
+                found |= ref.mrtd
+            elif isinstance(ref, SgxReference) and ref.mrenclave is not None:
+                found |= ref.mrenclave
+        return frozenset(found)
+
+    @property
+    def any_measurement(self) -> bool:
+        """True when SGX enclaves are accepted by their signer, whatever their MRENCLAVE: then
+        no list of measurements covers every certificate the CAS may issue for the service."""
+        sgx = self.evidence.get("sgx")
+        return isinstance(sgx, SgxReference) and sgx.mrenclave is None
 
     @property
     def accepted_evidence(self) -> tuple[str, ...]:

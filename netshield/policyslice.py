@@ -40,6 +40,7 @@ class MeshEntry:
     addresses: tuple[HostPort, ...] = ()
     authorization: Authorization = "enforce"
     measurements: frozenset[str] = frozenset()  # what its workload may measure to
+    any_measurement: bool = False  # SGX enclaves accepted by signer: no list covers them
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class PolicySlice:
                     "identity": entry.identity,
                     "authorization": entry.authorization,
                     "measurements": sorted(entry.measurements),
+                    **({"any_measurement": True} if entry.any_measurement else {}),
                 }
                 for name, entry in sorted(self.registry.items())
             },
@@ -129,6 +131,7 @@ class PolicySlice:
                 measurements=frozenset(
                     reader.names(entry.get("measurements"), f"{path}.measurements")
                 ),
+                any_measurement=entry.get("any_measurement") is True,
             )
             for name, entry, path in reader.named(doc.get("registry"), "policy.registry")
         }
@@ -271,7 +274,8 @@ def slice_for(policy: Policy, service: str) -> PolicySlice:
                     identity=str(SpiffeId.for_service(policy.trust_domain, name)),
                     addresses=tuple(HostPort.parse(a, allow_zero=False) for a in svc.addresses),
                     authorization=svc.authorization,
-                    measurements=svc.measurements,
+                    measurements=svc.certified_measurements,
+                    any_measurement=svc.any_measurement,
                 )
                 for name, svc in policy.services.items()
             }

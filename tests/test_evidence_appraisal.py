@@ -240,3 +240,44 @@ def test_policy_problems_in_the_evidence_section_are_listed_by_key_path() -> Non
         parse_policy("trust_domain: t.local\nservices:\n  x: {allowed_callers: []}\n")
     with pytest.raises(ConfigError, match=r"services\.x\.evidence\.sgx: needs mrenclave"):
         parse_policy("trust_domain: t.local\nservices:\n  x: {evidence: {sgx: {min_svn: 1}}}\n")
+
+
+def test_peers_attested_with_hardware_evidence_pass_the_data_planes_measurement_check() -> None:
+    from netshield.policyslice import PolicySlice, slice_for
+
+    policy = parse_policy(POLICY)
+    confidential = policy.services["confidential"]  # SNP + TDX listed, SGX by its signer
+    assert confidential.certified_measurements == {SNP_M, TD_M} and confidential.any_measurement
+    enclave = policy.services["enclave"]  # SGX by MRENCLAVE
+    assert enclave.certified_measurements == {ENCLAVE} and not enclave.any_measurement
+    listed = slice_for(policy, "legacy").registry
+    assert listed["enclave"].measurements == {ENCLAVE} and not listed["enclave"].any_measurement
+    assert listed["confidential"].any_measurement
+    assert listed["legacy"].measurements == {"aa" * 32}  # the simulated platform's, as before
+    sliced = slice_for(policy, "legacy")
+    assert PolicySlice.from_json(sliced.to_json()) == sliced
+    registry = sliced.to_json()["registry"]
+    assert registry["confidential"]["any_measurement"] is True
+    assert "any_measurement" not in registry["legacy"]
+
+
+def test_data_plane_admits_a_hardware_attested_caller_and_refuses_an_unlisted_measurement() -> None:
+    from dataclasses import replace as _replace
+
+    from netshield.authz import authorize_inbound
+    from netshield.policyslice import slice_for
+    from tests.test_authz import NOW as AUTHZ_NOW
+    from tests.test_authz import ok, peer
+
+    hw = POLICY.replace("  legacy:\n", "  legacy:\n    allowed_callers: [confidential, enclave]\n")
+    sliced = slice_for(parse_policy(hw), "legacy")
+    sliced = _replace(sliced, min_epoch=2)
+
+    def inbound(service: str, measurement: str) -> Reason:
+        caller = peer(f"spiffe://test.local/svc/{service}", measurement=measurement)
+        return authorize_inbound(sliced, caller, ok, policy_version=1, now=AUTHZ_NOW).reason
+
+    assert inbound("enclave", ENCLAVE) == Reason.OK
+    assert inbound("enclave", "0e" * 32) == Reason.PEER_MEASUREMENT_NOT_ALLOWED
+    assert inbound("confidential", SNP_M) == Reason.OK
+    assert inbound("confidential", "0e" * 48) == Reason.OK  # SGX by signer: any MRENCLAVE of it
