@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from netshield.attestation.evidence.chains import TrustAnchors
 from netshield.attestation.evidence.collateral import read_collateral_dir
@@ -352,3 +353,39 @@ def test_snp_turin_report_reads_the_tcb_in_turins_layout(snp_lab: SnpLab) -> Non
         evidence_envelope("sev-snp", milan_read, pem(vcek, snp_lab.ask, snp_lab.ark)),
         Reason.COLLATERAL_MISSING,
     )
+
+
+def test_snp_ask_on_the_arks_revocation_list_is_refused(snp_lab: SnpLab, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    def ark_crl(revoked: list[int]) -> bytes:
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(snp_lab.ark.subject)
+            .last_update(NOW - timedelta(days=1))
+            .next_update(NOW + timedelta(days=30))
+        )
+        for serial in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(NOW - timedelta(days=1))
+                .build()
+            )
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+        return builder.sign(snp_lab.ark_key, hashes.SHA384(), rsa_padding=pss).public_bytes(
+            serialization.Encoding.DER
+        )
+
+    def verifier(crl: bytes) -> EvidenceVerifier:
+        (tmp_path / "ark.crl").write_bytes(crl)
+        return EvidenceVerifier(
+            sim=None,
+            anchors=TrustAnchors().with_extra([snp_lab.ark]),
+            collateral=lambda: read_collateral_dir(tmp_path),
+        )
+
+    data = evidence_envelope("sev-snp", snp_lab.report(), snp_lab.certificates_pem)
+    assert verifier(ark_crl([])).verify(data, now=NOW).evidence_type == "sev-snp"
+    refused(verifier(ark_crl([snp_lab.ask.serial_number])), data, Reason.PLATFORM_CERT_REVOKED)

@@ -13,8 +13,9 @@ little-endian, zero-extended to 72 bytes). It is total: bytes in, `SnpReport` or
 
 1. a VCEK (chip id and reported TCB equal to the report's, as its hwID and SPL extensions say)
    or, when the report says so, a VLEK (TCB equal) is at hand: `COLLATERAL_MISSING` if not;
-2. it chains through the ASK (or ASVK) to a pinned ARK, all valid at `now`:
-   `PLATFORM_CERT_UNTRUSTED`;
+2. it chains through the ASK (or ASVK) to a pinned ARK, all valid at `now`, and none is on a
+   current revocation list of the collateral (AMD's KDS publishes the ARK's CRL):
+   `PLATFORM_CERT_UNTRUSTED`, `PLATFORM_CERT_REVOKED`, `COLLATERAL_EXPIRED` for a stale CRL;
 3. the report's signature over its first 0x2A0 bytes verifies with that key (ECDSA P-384,
    SHA-384): `QUOTE_SIGNATURE_INVALID`.
 
@@ -267,6 +268,7 @@ def verify_report(
     certificates: Sequence[x509.Certificate],
     anchors: frozenset[str],
     now: datetime,
+    crls: Sequence[x509.CertificateRevocationList] = (),
 ) -> VerifiedEvidence:
     """Verify `report` with the VCEK/VLEK among `certificates`; see the module docstring."""
     key_name = SIGNING_KEYS.get(report.signing_key)
@@ -284,6 +286,7 @@ def verify_report(
         now=now,
         kind="sev-snp",
         what=f"SEV-SNP {key_name.upper()}",
+        crls=crls,
     )
     public_key = signer.cert.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(

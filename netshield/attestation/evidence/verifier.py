@@ -66,7 +66,11 @@ class EvidenceVerifier:
             ) from None
         if isinstance(parsed, snp.SnpReport):
             return snp.verify_report(
-                parsed, certificates=collateral.certificates, anchors=self._anchors.amd, now=now
+                parsed,
+                certificates=collateral.certificates,
+                anchors=self._anchors.amd,
+                now=now,
+                crls=collateral.crls,
             )
         if isinstance(parsed, dcap.DcapQuote):
             return dcap.verify_quote(
