@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
 from netshield.attestation.evidence.claims import EvidenceError, EvidenceType
@@ -61,14 +61,23 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:
-    """Certificates from a PEM bundle or one DER certificate; ValueError if neither.
+    """Certificates from a PEM bundle or one DER certificate, every field parsed; ValueError if
+    neither or if any certificate is damaged.
 
     AMD's VCEKs carry a zero serial number, which `cryptography` warns about: silenced here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if b"-----BEGIN CERTIFICATE-----" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+        for cert in certs:  # parsed lazily: make a damaged field fail here, as ValueError
+            try:
+                _ = (cert.subject, cert.issuer, cert.extensions, cert.public_key())
+                _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number)
+            except (ValueError, UnsupportedAlgorithm) as err:
+                raise ValueError(f"a certificate does not parse ({err})") from None
+        return certs
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
