@@ -56,6 +56,7 @@ class Credentials:
     policy_version: int
     epoch: int
     policy: dict[str, Any]
+    checkpoint: object = None  # the signed checkpoint of the attestation's audit entry (JSON)
 
 
 FAILOVER_STATUS = 503  # BUSY, STATE_UNAVAILABLE: another replica may answer
@@ -206,15 +207,21 @@ class CasClient:
             policy_version=int(data["policy_version"]),
             epoch=int(data["epoch"]),
             policy=data["policy"],
+            checkpoint=data.get("checkpoint"),
         )
 
     async def trust_bundle(self) -> bytes:
         data = await self._request("GET", "/v1/trust-bundle")
         return bytes(data)
 
-    async def feed(self, since: int, *, wait: int = 0) -> dict[str, Any]:
+    async def feed(self, since: int, *, wait: int = 0, seen: int | None = None) -> dict[str, Any]:
+        """Events after ``since`` (waiting up to ``wait`` s for one), the signed checkpoint of the
+        head and, with ``seen``, the CAS's checkpoint of that audit entry."""
+        params = {"since": str(since), "wait": str(wait)}
+        if seen is not None:
+            params["seen"] = str(seen)
         result: dict[str, Any] = await self._request(
-            "GET", "/v1/feed", params={"since": str(since), "wait": str(wait)}, timeout=wait + 10.0
+            "GET", "/v1/feed", params=params, timeout=wait + 10.0
         )
         return result
 

@@ -213,6 +213,7 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
         counter_file=Path(args.counter) if args.counter else None,
         keys_dir=Path(args.keys) if args.keys else None,
         adopt_counter=args.adopt_counter,
+        adopt_unsigned=args.adopt_unsigned_history,
         server_names=tuple(args.san or ()),
         collateral_dir=Path(args.collateral) if args.collateral else None,
         unsafe_evidence_roots=Path(args.unsafe_evidence_roots)
@@ -322,6 +323,8 @@ def cmd_cas_audit(args: argparse.Namespace) -> int:
             limit=args.limit,
             database=database,
             password=read_password_file(password_file),
+            ca=Path(args.ca) if args.ca else None,
+            witnesses=[Path(w) for w in args.witness],
         )
     else:
         url, admin = _admin_args(args)
@@ -333,6 +336,7 @@ def cmd_cas_audit(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 verify=args.verify,
                 as_json=args.json,
+                witnesses=[Path(w) for w in args.witness],
             )
         )
     for line in lines:
@@ -456,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a non-empty state that has no counter yet (first start on a new machine)",
     )
     q.add_argument(
+        "--adopt-unsigned-history",
+        action="store_true",
+        help="upgrade a state from before signed audit checkpoints and sign its head (once, "
+        "if it is known to be the newest)",
+    )
+    q.add_argument(
         "--san", action="append", help="extra DNS name or IP for the CAS certificate (repeatable)"
     )
     q.add_argument(
@@ -500,7 +510,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--state", help="read offline from a state directory instead of the API")
     add_database_args(q)
     q.add_argument("--counter", help="with --state or --database: the monotonic counter file")
-    q.add_argument("--verify", action="store_true", help="check the hash chain and the counter")
+    q.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the hash chain, the counter and the checkpoints the CAS signed",
+    )
+    q.add_argument(
+        "--ca",
+        help="with --state or --database: the mesh CA certificate the checkpoints verify "
+        "against (default: mesh-ca.pem in the state directory)",
+    )
+    q.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        help="with --verify: a sidecar's cas.witness_file; the log must still hold the "
+        "checkpoint it saw (repeatable)",
+    )
     q.add_argument("--json", action="store_true")
     q.add_argument("--since", type=int, default=0)
     q.add_argument("--limit", type=int, default=1000)

@@ -11,11 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from netshield.cas.auditlog import AuditEntry, verify_chain
 from netshield.cas.counter import MonotonicCounter
+from netshield.cas.store.integrity import witnessed_problems
 from netshield.casclient import CasClient
 from netshield.errors import NetshieldError
-from netshield.pki.keys import load_private_key
+from netshield.pki.checkpoint import CheckpointError, SignedCheckpoint, verify_checkpoint
+from netshield.pki.keys import load_certificates, load_private_key, read_pem_file
 from netshield.reasons import Reason
 from netshield.tls.material import cas_client_context
 from netshield.trustdomain import AdminCredential
@@ -104,9 +108,17 @@ def format_entries(entries: Sequence[AuditEntry], *, as_json: bool) -> list[str]
 
 
 async def audit_online(
-    url: str, admin: AdminCredential, *, since: int, limit: int, verify: bool, as_json: bool
+    url: str,
+    admin: AdminCredential,
+    *,
+    since: int,
+    limit: int,
+    verify: bool,
+    as_json: bool,
+    witnesses: Sequence[Path] = (),
 ) -> tuple[list[str], bool]:
-    """Fetch entries; with verify, page through the whole log and check the chain client-side too."""
+    """Fetch entries; with verify, page through the whole log and check the chain client-side
+    too, the head's signed checkpoint against the admin's CA, and each witness file."""
     async with admin_client(url, admin) as cas:
         if not verify:
             data = await cas.audit(since=since, limit=limit)
@@ -126,7 +138,10 @@ async def audit_online(
         for p in verify_chain(entries, expected_head=(int(head["seq"]), str(head["hash"])))
         if p not in problems
     ]
-    return lines + _verdict(problems, len(entries)), not problems
+    bundle = load_certificates(admin.ca_pem, source="the admin's ca.pem")
+    problems += head_checkpoint_problems(data.get("checkpoint"), head, bundle)
+    problems += witness_file_problems(entries, witnesses, bundle)
+    return lines + _verdict(problems, len(entries), len(witnesses)), not problems
 
 
 def audit_offline(
@@ -139,11 +154,15 @@ def audit_offline(
     limit: int,
     database: str | None = None,
     password: str | None = None,
+    ca: Path | None = None,
+    witnesses: Sequence[Path] = (),
 ) -> tuple[list[str], bool]:
-    """Read the audit log straight from a (stopped or running) CAS's database."""
-    from netshield.cas.store import read_audit_offline
+    """Read the audit log straight from a (stopped or running) CAS's database; with verify,
+    check the chain, its rows, its counter, the checkpoints its CAS signed (against ``ca``, by
+    default the state directory's mesh-ca.pem) and each witness file."""
+    from netshield.cas.store import read_audit_offline, verify_state
 
-    entries, counter_value, counter_path = read_audit_offline(
+    entries, _counter_value, counter_path = read_audit_offline(
         state_dir,
         MonotonicCounter(counter_file) if counter_file else None,
         database=database,
@@ -152,17 +171,66 @@ def audit_offline(
     lines = format_entries([e for e in entries if e.seq > since][:limit], as_json=as_json)
     if not verify:
         return lines, True
-    expected = (counter_value.seq, counter_value.head) if counter_value else None
-    problems = verify_chain(entries, expected_head=expected)
-    if counter_value is None:
-        problems.append(f"no monotonic counter at {counter_path}: truncation cannot be ruled out")
-    return lines + _verdict(problems, len(entries)), not problems
+    ca_path = ca if ca is not None else state_dir / "mesh-ca.pem"
+    problems: list[str] = []
+    bundle: list[x509.Certificate] | None = None
+    try:
+        pem = read_pem_file(ca_path, "mesh CA certificate")
+        bundle = load_certificates(pem, source=str(ca_path))
+    except NetshieldError as err:
+        problems.append(f"cannot check the signed checkpoints: {err} (pass --ca mesh-ca.pem)")
+    problems += verify_state(
+        state_dir, counter_path, database=database, password=password, bundle=bundle
+    )
+    problems += witness_file_problems(entries, witnesses, bundle or [])
+    return lines + _verdict(problems, len(entries), len(witnesses)), not problems
 
 
-def _verdict(problems: list[str], count: int) -> list[str]:
+def head_checkpoint_problems(
+    doc: object, head: dict[str, Any], bundle: list[x509.Certificate]
+) -> list[str]:
+    """Whether the CAS's signed checkpoint of its head verifies and names that head."""
+    try:
+        checkpoint = verify_checkpoint(SignedCheckpoint.from_json(doc), bundle)
+    except CheckpointError as err:
+        return [f"the CAS's checkpoint of its head: {err}"]
+    if (checkpoint.seq, checkpoint.head) != (int(head["seq"]), str(head["hash"])):
+        return [
+            f"the CAS signed entry {checkpoint.seq} as its head, but reports entry {head['seq']}"
+        ]
+    return []
+
+
+def witness_file_problems(
+    entries: Sequence[AuditEntry], paths: Sequence[Path], bundle: list[x509.Certificate]
+) -> list[str]:
+    """What each sidecar witness file (`cas.witness_file`) says about this log: a checkpoint
+    the CAS signed that the log no longer holds is a rollback the counter cannot show."""
+    from netshield.agent.witness import CasWitness
+
+    problems: list[str] = []
+    for path in paths:
+        who = f"witness {path}"
+        try:
+            signed = CasWitness.load(path).signed
+            if signed is None:
+                raise NetshieldError(f"{path}: no such file")
+            seen = verify_checkpoint(signed, bundle)
+        except NetshieldError as err:
+            problems.append(f"{who}: {err}")
+            continue
+        problems += witnessed_problems(entries, seen, who)
+    return problems
+
+
+def _verdict(problems: list[str], count: int, witnesses: int = 0) -> list[str]:
     if problems:
         return [
             f"audit log BROKEN ({Reason.AUDIT_CHAIN_BROKEN.value}):",
             *[f"  - {p}" for p in problems],
         ]
-    return [f"audit log intact: {count} entries, hash chain and monotonic counter agree"]
+    agree = "hash chain, monotonic counter and signed checkpoints agree"
+    if witnesses:
+        agree += f", and so {'do' if witnesses > 1 else 'does'} {witnesses} witness file"
+        agree += "s" if witnesses > 1 else ""
+    return [f"audit log intact: {count} entries, {agree}"]

@@ -83,6 +83,8 @@ class Reason(enum.StrEnum):
     STATE_ROLLED_BACK = "STATE_ROLLED_BACK"
     STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
     AUDIT_CHAIN_BROKEN = "AUDIT_CHAIN_BROKEN"
+    CAS_ROLLED_BACK = "CAS_ROLLED_BACK"
+    CHECKPOINT_INVALID = "CHECKPOINT_INVALID"
     # --- data plane: why a connection was allowed, refused or closed ---
     PEER_NOT_AUTHORIZED = "PEER_NOT_AUTHORIZED"
     PEER_IDENTITY_MISMATCH = "PEER_IDENTITY_MISMATCH"
@@ -419,6 +421,22 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.STATE,
             500,
             "The audit log's hash chain is broken: entries were edited, removed or reordered.",
+        ),
+        _r(
+            Reason.CAS_ROLLED_BACK,
+            Stage.STATE,
+            503,
+            "A sidecar saw this CAS at a later signed audit checkpoint (head or policy version) "
+            "than it presents now, or another entry at the same place: its state was restored "
+            "from an older copy or replaced; restore the newest state, not a snapshot.",
+        ),
+        _r(
+            Reason.CHECKPOINT_INVALID,
+            Stage.STATE,
+            502,
+            "An audit checkpoint is malformed or its signature does not verify against the mesh "
+            "CA (no checkpoint signing certificate of this trust domain's CAS): the CAS answer "
+            "or the stored checkpoint was forged or edited.",
         ),
         _r(
             Reason.PEER_NOT_AUTHORIZED,

@@ -8,6 +8,7 @@ access would have), and saves and restores a copy (a copied directory, or ``pg_d
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ from typing import Any
 
 import psycopg
 
-from netshield.cas.counter import MonotonicCounter
+from netshield.cas.auditlog import canonical_json, entry_hash
+from netshield.cas.counter import COUNTER_FORMAT, MonotonicCounter
 from netshield.cas.store import CasStore
+from netshield.pki.checkpoint import CheckpointSigner
 from tests.pg_support import PgCluster
 
 
@@ -70,10 +73,13 @@ class Backing:
         counter: MonotonicCounter | None = None,
         adopt_counter: bool = False,
         chain_lock: str = "advisory",
+        signer: CheckpointSigner | None = None,
+        adopt_unsigned: bool = False,
     ) -> CasStore:
+        signing: dict[str, Any] = {"signer": signer, "adopt_unsigned": adopt_unsigned}
         if self.kind == "sqlite":
             return CasStore.open(
-                self.state_dir, counter=counter, adopt_counter=adopt_counter, now=now
+                self.state_dir, counter=counter, adopt_counter=adopt_counter, now=now, **signing
             )
         assert self.cluster is not None
         return CasStore.open(
@@ -84,6 +90,7 @@ class Backing:
             counter=counter,
             adopt_counter=adopt_counter,
             now=now,
+            **signing,
         )
 
     def raw(self) -> sqlite3.Connection | RawPg:
@@ -129,3 +136,27 @@ class Backing:
         else:
             assert self.cluster is not None
             self.cluster.psql(f'DROP SCHEMA "{self.schema}" CASCADE; CREATE SCHEMA "{self.schema}"')
+
+
+def rewrite_from(conn: Any, seq: int) -> tuple[int, str]:
+    """Edit audit entry ``seq`` and re-hash it and every later entry, so the chain is intact
+    again (what an adversary with write access to the database can do); the new head."""
+    rows = conn.execute(
+        "SELECT seq, ts, event, data, prev_hash FROM audit WHERE seq >= ? ORDER BY seq", (seq,)
+    ).fetchall()
+    prev = None
+    for s, ts, event, data, prev_hash in rows:
+        body = {"rewritten": True} if s == seq else json.loads(data)
+        link = prev if prev is not None else prev_hash
+        new = entry_hash(s, ts, event, body, link)
+        conn.execute(
+            "UPDATE audit SET data = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (canonical_json(body), link, new, s),
+        )
+        prev = new
+    return int(rows[-1][0]), str(prev)
+
+
+def write_counter(path: Path, seq: int, head: str) -> None:
+    """Set a monotonic counter file to ``(seq, head)``, as an adversary who can write it would."""
+    path.write_text(json.dumps({"format": COUNTER_FORMAT, "seq": seq, "head": head}))

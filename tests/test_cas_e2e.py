@@ -17,6 +17,7 @@ import pytest
 
 from netshield.agent.attest import InProcessQuoter, Workload, attest
 from netshield.casclient import CasRefused
+from tests.store_support import rewrite_from, write_counter
 from tests.support import ORDERS_M, SIGNER, TD, Domain, cas_subprocess, make_domain, netshield_cmd
 
 pytestmark = pytest.mark.slow
@@ -282,7 +283,7 @@ def test_cas_refuses_to_start_on_a_rolled_back_state(domain: Domain, tmp_path: P
     assert_one_line_error(proc, "rolled back")
 
 
-@pytest.mark.parametrize("tamper", ["edit", "delete-last", "delete-middle", "swap"])
+@pytest.mark.parametrize("tamper", ["edit", "delete-last", "delete-middle", "swap", "rewrite"])
 def test_audit_verify_detects_tampering(domain: Domain, tamper: str) -> None:
     with cas_subprocess(domain):
         for _ in range(3):
@@ -306,6 +307,8 @@ def test_audit_verify_detects_tampering(domain: Domain, tamper: str) -> None:
             db.execute(f"DELETE FROM {table} WHERE seq = ?", (seqs[-1],))
         elif tamper == "delete-middle":
             db.execute(f"DELETE FROM {table} WHERE seq = ?", (seqs[len(seqs) // 2],))
+        elif tamper == "rewrite":  # an intact chain and a counter that agrees: only the
+            write_counter(domain.counter_file, *rewrite_from(db, seqs[2]))  # signatures tell
         else:
             a, b = seqs[1], seqs[2]
             ra = db.execute(f"SELECT * FROM {table} WHERE seq = ?", (a,)).fetchone()
@@ -317,6 +320,8 @@ def test_audit_verify_detects_tampering(domain: Domain, tamper: str) -> None:
     db.close()
     proc = run("cas", "audit", "--state", state, "--counter", counter, "--verify", check=False)
     assert proc.returncode != 0
+    if tamper == "rewrite":
+        assert "is not the entry the CAS signed in its checkpoint" in proc.stdout, proc.stdout
     assert (
         "BROKEN" in proc.stdout + proc.stderr or "AUDIT_CHAIN_BROKEN" in proc.stdout + proc.stderr
     )

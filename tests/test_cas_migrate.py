@@ -68,6 +68,8 @@ def make_v1(b: Backing) -> None:
     """Turn the state into what a netshield of schema version 1 wrote."""
     raw = b.raw()
     raw.execute("DROP INDEX audit_event")
+    raw.execute("DROP TABLE checkpoints")  # schema version 3
+    raw.execute("DROP TABLE checkpoint_signers")
     raw.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     raw.close()
 
@@ -99,7 +101,10 @@ def test_an_older_schema_is_upgraded_audited_and_indexed(backing: Backing, tmp_p
     assert f"schema version {SCHEMA_VERSION} (upgraded from schema version 1)" in done.stdout
     with backing.open(now=T0, counter=counter(tmp_path)) as store:
         last = store.audit_entries()[-1]
-        assert (last.event, last.data) == ("state.upgrade", {"from_version": 1, "to_version": 2})
+        assert (last.event, last.data) == (
+            "state.upgrade",
+            {"from_version": 1, "to_version": SCHEMA_VERSION},
+        )
         assert store.verify_audit() == []
         feed, _ = store.feed_entries(0)  # the feed reads through the new index
         assert [e.event for e in feed] == ["policy.apply", "revoke", "revoke"]

@@ -370,3 +370,67 @@ def test_compose_mesh_shape_each_sidecar_shares_its_apps_namespace_after_a_captu
         )
         assert config.service == app and config.transparent is not None
     assert services["story"]["depends_on"]["frontend-sidecar"] == {"condition": "service_healthy"}
+
+
+def witness_volume_problems(doc: dict[str, Any]) -> list[str]:
+    """Each compose sidecar keeps its rollback witness file on a named volume no other
+    container mounts (the one-shot setup step, which prepares it, aside)."""
+    services: dict[str, Any] = doc["services"]
+    problems = []
+    for app in ("orders", "frontend", "intruder"):
+        name = f"{app}-sidecar"
+        config_path = services[name]["environment"]["NETSHIELD_CONFIG"].replace(
+            "/demo/sidecars", str(COMPOSE_DIR / "sidecars")
+        )
+        config = parse_sidecar_config(
+            Path(config_path).read_text(), source=config_path, base_dir=Path("/")
+        )
+        if config.cas.witness_file is None:
+            problems.append(f"{name}: no cas.witness_file")
+            continue
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name].get("volumes", [])}
+        volume = mounts.get(str(config.cas.witness_file.parent))
+        if volume is None or volume.startswith((".", "/")):
+            problems.append(f"{name}: {config.cas.witness_file} is not on a named volume")
+            continue
+        sharing = sorted(
+            other
+            for other, svc in services.items()
+            if other not in (name, "setup")
+            and any(v.split(":")[0] == volume for v in svc.get("volumes", []))
+        )
+        if sharing:
+            problems.append(f"{name}: witness volume {volume} is mounted into {sharing} too")
+    return problems
+
+
+def test_every_compose_sidecar_keeps_its_witness_file_on_a_volume_of_its_own() -> None:
+    doc = compose_doc()
+    assert witness_volume_problems(doc) == []
+    broken = copy.deepcopy(doc)
+    broken["services"]["intruder-sidecar"]["volumes"].append(
+        "orders-witness:/var/lib/netshield/other"
+    )
+    assert witness_volume_problems(broken) == [
+        "orders-sidecar: witness volume orders-witness is mounted into ['intruder-sidecar'] too"
+    ]
+    setup = (COMPOSE_DIR / "setup.sh").read_text()
+    assert 'WITNESSES="orders-witness frontend-witness intruder-witness"' in setup
+
+
+def test_the_kubernetes_sidecar_keeps_its_witness_file_on_the_pods_own_volume() -> None:
+    config = parse_sidecar_config(
+        configmap("orders-sidecar")["sidecar.yaml"], source="orders-sidecar", base_dir=Path("/")
+    )
+    assert config.cas.witness_file is not None
+    ((_, template),) = [(n, s) for n, s in pod_specs(k8s_docs()) if n == "orders"]
+    spec = template["spec"]
+    sidecar = next(c for c in spec["containers"] if c["name"] == "netshield-sidecar")
+    mount = next(
+        m for m in sidecar["volumeMounts"] if m["mountPath"] == str(config.cas.witness_file.parent)
+    )
+    assert not mount.get("readOnly")
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume == {"name": mount["name"], "emptyDir": {}}
+    others = [c for c in spec["containers"] if c is not sidecar]
+    assert all(m["name"] != mount["name"] for c in others for m in c.get("volumeMounts", []))

@@ -8,6 +8,7 @@
 #   platform-old-key  platform p-old-firmware (TCB 3)    -> platform-old (root), read-only
 #   operator          the admin credential               -> story, the operator (uid 10002)
 #   public            policy.yaml, mesh-ca.pem           -> everyone who needs them
+#   <app>-witness     empty: that sidecar's witness file -> the one sidecar (uid 10001)
 #
 # The vendor root key signs the two platform certificates here and is deleted: no running
 # container ever holds it. Every `docker-compose up` starts anew.
@@ -15,7 +16,8 @@ set -eu
 V=/volumes
 TD=compose.netshield.local
 W=$(mktemp -d)
-for v in cas-keys cas-state cas-counter platform-key platform-old-key operator public records attacker; do
+WITNESSES="orders-witness frontend-witness intruder-witness"
+for v in cas-keys cas-state cas-counter platform-key platform-old-key operator public records attacker $WITNESSES; do
   find "$V/$v" -mindepth 1 -delete
 done
 netshield init "$W/td" --trust-domain "$TD" >/dev/null
@@ -51,6 +53,7 @@ rm -rf "$W"
 chown -R root:root "$V/platform-key" "$V/platform-old-key"
 chmod -R go-rwx "$V/platform-key" "$V/platform-old-key"
 chown -R netshield:netshield "$V/cas-keys" "$V/cas-state" "$V/cas-counter" "$V/records" "$V/attacker"
+for w in $WITNESSES; do chown netshield:netshield "$V/$w" && chmod 0700 "$V/$w"; done   # one sidecar each
 chmod 0700 "$V/cas-keys" "$V/cas-state" "$V/cas-counter"
 chmod 0400 "$V/cas-keys/mesh-ca.key"
 chown -R 10002:10002 "$V/operator"          # the operator: the story container (uid 10002)

@@ -7,7 +7,11 @@ attests again — a fresh nonce and a fresh key every time. The feed task long-p
 (reconnecting with backoff), folds its events into `RevocationState`, tells subscribers about
 revocations and epoch raises, and asks the renewal task for an immediate re-attestation when the
 CAS's `min_epoch` (or policy version) is above the current certificate's, or when the current
-certificate itself is revoked.
+certificate itself is revoked. Both check the CAS's signed audit checkpoint in every answer
+against the sidecar's `CasWitness`: a CAS that presents an older history than the sidecar saw
+(restored with its counter from one snapshot) is refused (`CAS_ROLLED_BACK`): its certificates
+are not installed, its feed is not applied, and `cas_rolled_back` says why until it presents
+its newest history again; the credentials already held keep working until they expire.
 Guarantees: a failed renewal never replaces still-valid credentials; once they expire the holder
 answers None (fail closed) without any action here. Both tasks belong to a task group inside
 `run()`; cancelling `run()` cancels them and closes the CAS client, and CancelledError is never
@@ -36,9 +40,12 @@ from netshield.agent.rotation import (
     backoff,
     renew_at,
 )
+from netshield.agent.witness import CasWitness
 from netshield.casclient import CasClient, CasUnreachable
 from netshield.errors import NetshieldError
 from netshield.identity import SpiffeId
+from netshield.pki.checkpoint import verify_checkpoint
+from netshield.pki.keys import load_certificates
 from netshield.tls.contexts import TlsContexts, build_contexts
 from netshield.tls.credentials import MeshCredentials
 from netshield.tls.material import cas_client_context
@@ -55,6 +62,7 @@ FEED_GRACE = 15.0  # extra seconds before a long-poll counts as hung
 REQUEST_TIMEOUT = 10.0
 ATTEST_TIMEOUT = 30.0
 MAX_SLEEP = 5.0
+REFUSED_RETRY = 5.0  # seconds between feed polls while the CAS's checkpoints are refused
 MIN_RENEW_DELAY = timedelta(seconds=1)
 
 
@@ -88,6 +96,7 @@ class Agent:
         request_timeout: float = REQUEST_TIMEOUT,
         attest_timeout: float = ATTEST_TIMEOUT,
         max_sleep: float = MAX_SLEEP,
+        witness: CasWitness | None = None,
     ) -> None:
         now = clock()
         # validate the timing knobs once, here, rather than on the first renewal
@@ -100,6 +109,10 @@ class Agent:
         self._cas_ca_pem = cas_ca_pem
         self._quoter = quoter
         self._service = service
+        self.witness = witness if witness is not None else CasWitness()
+        bundle = load_certificates(cas_ca_pem, source="the CAS trust bundle")
+        self.witness.bind(lambda s: verify_checkpoint(s, bundle, trust_domain=trust_domain))
+        self.cas_rolled_back: str | None = None  # why the CAS is refused, while it is
         self._spiffe_id = SpiffeId.for_service(trust_domain, service)
         self._trust_domain = trust_domain
         self.holder = holder
@@ -195,6 +208,7 @@ class Agent:
             await self._sleep_until(self._record_success(contexts.credentials, reason))
 
     async def _attest_once(self, cas: CasClient) -> TlsContexts:
+        baseline = self.witness.seen  # the CAS's answer can only be newer than this
         try:
             async with asyncio.timeout(self._attest_timeout):
                 got = await attest(
@@ -205,6 +219,14 @@ class Agent:
                 f"attestation at {self.cas_url} took longer than {self._attest_timeout:g} s"
             ) from None
         creds = MeshCredentials.from_attestation(got.credentials, got.key)
+        try:
+            signed = self.witness.check(got.credentials.checkpoint, baseline=baseline)
+        except NetshieldError as err:
+            self._refuse_cas(err)
+            raise NetshieldError(
+                f"refusing certificate {creds.serial:x}: {err}", reason=err.reason
+            ) from None
+        self.witness.remember(signed)
         if creds.spiffe_id != self._spiffe_id:
             raise NetshieldError(
                 f"the CAS issued a certificate for {creds.spiffe_id}, expected {self._spiffe_id}"
@@ -288,10 +310,15 @@ class Agent:
     async def _feed_loop(self, cas: CasClient) -> None:
         failures = 0
         while True:
-            wait = self._feed_wait if self.synced.is_set() else 0
+            # long-poll only while following a trusted CAS; after an error or a refusal, ask
+            # for an answer at once (a restored or repaired CAS is noticed without a wait)
+            following = self.synced.is_set() and not failures and self.cas_rolled_back is None
+            wait = self._feed_wait if following else 0
+            baseline = self.witness.seen  # the CAS's answer can only be newer than this
+            seen = None if baseline is None else baseline.seq
             try:
                 async with asyncio.timeout(wait + self._request_timeout + FEED_GRACE):
-                    answer = await cas.feed(self.feed_position, wait=wait)
+                    answer = await cas.feed(self.feed_position, wait=wait, seen=seen)
                 events, head, policy = parse_feed_answer(answer)
             except Exception as err:  # CasUnreachable, CasRefused, a malformed answer, a timeout
                 failures += 1
@@ -308,6 +335,20 @@ class Agent:
                 self.cas_reachable = False
                 await asyncio.sleep(delay.total_seconds())
                 continue
+            try:
+                signed = self.witness.check(
+                    answer.get("checkpoint"), baseline=baseline, at_seen=answer.get("seen")
+                )
+            except NetshieldError as err:  # refuse this CAS's word: no events, no policy
+                self._refuse_cas(err)
+                self.cas_reachable, failures = True, 0
+                await asyncio.sleep(min(self._backoff_cap.total_seconds(), REFUSED_RETRY))
+                continue
+            if self.cas_rolled_back is not None:
+                log.warning("CAS %s presents its newest history again", self.cas_url)
+                self.cas_rolled_back = None
+                if self._in_backoff:  # its certificates were refused: attest again now
+                    self.request_reattestation("CAS history trusted again")
             if failures:
                 log.info("CAS feed at %s reachable again", self.cas_url)
                 if self._in_backoff:  # cut the renewal's retry wait short
@@ -317,8 +358,16 @@ class Agent:
             for event in events:
                 self._on_event(event)
             self.feed_position = max(self.feed_position, head)
+            self.witness.remember(signed)
             self._on_policy_head(policy)
             self.synced.set()
+
+    def _refuse_cas(self, err: NetshieldError) -> None:
+        """Note why the CAS's word is refused (for /readyz, metrics and status); log it once."""
+        problem = f"{err.reason.value}: {err}"
+        if self.cas_rolled_back != problem:
+            log.error("CAS %s refused: %s", self.cas_url, problem)
+        self.cas_rolled_back = problem
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         try:
@@ -396,6 +445,8 @@ class Agent:
             "min_epoch": self.revocations.min_epoch,
             "feed_position": self.feed_position,
             "revocations_synced": self.synced.is_set(),
+            "cas_refused": self.cas_rolled_back,
+            "checkpoint_seen": None if self.witness.seen is None else self.witness.seen.seq,
         }
 
 

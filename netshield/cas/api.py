@@ -10,12 +10,12 @@ certificate from the mesh CA whose SPIFFE id is an operator (`spiffe://<td>/admi
 | POST | /v1/nonce | anyone | a single-use nonce |
 | POST | /v1/attest | anyone | quote + CSR -> certificate chain, trust bundle, policy slice |
 | GET | /v1/trust-bundle | anyone | the mesh CA certificate(s), PEM |
-| GET | /v1/feed?since=N&wait=S | anyone | revocation and policy events after N (long-poll) |
+| GET | /v1/feed?since=N&wait=S&seen=M | anyone | events after N (long-poll), signed checkpoints |
 | GET | /v1/feed/stream?since=N | anyone | the same as server-sent events |
 | GET | /healthz, /readyz | anyone | liveness, readiness |
 | POST | /v1/admin/revoke | operator | revoke an instance (serial), a service or a platform |
 | GET/POST | /v1/admin/policy | operator | read / apply a policy version (names its predecessor) |
-| GET | /v1/admin/audit?since=N&limit=M | operator | audit entries, head and chain check |
+| GET | /v1/admin/audit?since=N&limit=M | operator | audit entries, head, its checkpoint, checks |
 | GET | /v1/admin/issued?service=S | operator | issued certificates |
 """
 
@@ -157,11 +157,13 @@ async def handle_feed(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     since = _int_param(request, "since", 0)
     wait = min(float(_int_param(request, "wait", 0, high=3600)), FEED_MAX_WAIT)
+    seen = _int_param(request, "seen", 0) if "seen" in request.query else None
     events, head = service.feed_events(since)
-    if not events and wait > 0:
+    if not events and wait > 0 and head >= since:  # a caller ahead of this CAS hears it at once
         await service.feed.wait(wait)
         events, head = service.feed_events(since)
-    return web.json_response({"events": events, "next": head, "policy": _policy_head(service)})
+    answer = {"events": events, "next": head, "policy": _policy_head(service)}
+    return web.json_response(answer | service.checkpoints(seen))
 
 
 async def handle_feed_stream(request: web.Request) -> web.StreamResponse:
@@ -267,10 +269,12 @@ async def handle_audit(request: web.Request) -> web.Response:
     since = _int_param(request, "since", 0)
     limit = _int_param(request, "limit", 1000, low=1, high=100_000)
     entries, head, problems = await asyncio.to_thread(store.audit_snapshot, since, limit)
+    signed = await asyncio.to_thread(store.checkpoint, head.seq)
     return web.json_response(
         {
             "entries": [_jsonable(asdict(e)) for e in entries],
             "head": {"seq": head.seq, "hash": head.head},
+            "checkpoint": None if signed is None else signed.to_json(),
             "problems": problems,
         }
     )

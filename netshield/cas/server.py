@@ -42,7 +42,9 @@ from netshield.errors import StateError, UsageError
 from netshield.identity import SpiffeId
 from netshield.netaddr import HostPort
 from netshield.pki.ca import CertificateAuthority, issue_certificate
+from netshield.pki.checkpoint import CheckpointSigner
 from netshield.pki.keys import generate_key
+from netshield.policy import parse_policy
 from netshield.reasons import Reason
 from netshield.serving import start_site, stop_on_signals
 from netshield.tls.material import cas_server_context
@@ -61,6 +63,7 @@ class CasOptions:
     counter_file: Path | None = None
     keys_dir: Path | None = None  # mesh CA and vendor roots; None: inside state_dir
     adopt_counter: bool = False
+    adopt_unsigned: bool = False  # upgrade a state from before signed checkpoints
     server_names: tuple[str, ...] = ()
     nonce_ttl: timedelta = timedelta(seconds=30)
     max_attestations: int = MAX_CONCURRENT_ATTESTATIONS
@@ -126,6 +129,7 @@ def build_service(options: CasOptions, now: datetime) -> CasService:
             "`netshield init DIR`, DIR/cas)"
         )
     material = load_cas_material(keys_dir)
+    trust_domain = parse_policy(policy_text, source="--policy").trust_domain
     counter = MonotonicCounter(options.counter_file) if options.counter_file else None
     store = CasStore.open(
         options.state_dir,
@@ -134,6 +138,8 @@ def build_service(options: CasOptions, now: datetime) -> CasService:
         chain_lock=options.chain_lock,
         counter=counter,
         adopt_counter=options.adopt_counter,
+        signer=CheckpointSigner(material.ca, trust_domain),
+        adopt_unsigned=options.adopt_unsigned,
     )
     try:
         bootstrap_policy(store, policy_text, now=now)

@@ -31,6 +31,7 @@ from netshield.errors import ConfigError, CsrError, NetshieldError, QuoteError
 from netshield.identity import SpiffeId
 from netshield.pki.ca import CertificateAuthority, issue_certificate, random_serial
 from netshield.pki.certext import AttestationClaims
+from netshield.pki.checkpoint import SignedCheckpoint
 from netshield.pki.csr import parse_csr
 from netshield.pki.keys import public_key_der
 from netshield.policy import Policy, parse_policy, policy_hash
@@ -90,9 +91,11 @@ class Issued:
     policy_version: int
     epoch: int
     policy_slice: PolicySlice
+    checkpoint: SignedCheckpoint | None = None  # the signed checkpoint of its audit entry
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "checkpoint": None if self.checkpoint is None else self.checkpoint.to_json(),
             "certificate_chain": self.chain_pem.decode(),
             "trust_bundle": self.trust_bundle_pem.decode(),
             "spiffe_id": str(self.spiffe_id),
@@ -200,10 +203,23 @@ class CasService:
         return self.ca.bundle_pem()
 
     def feed_events(self, since: int) -> tuple[list[dict[str, Any]], int]:
-        """Revocation and policy events after audit position `since`, and the next position."""
+        """Revocation and policy events after audit position `since`, and the audit head: the
+        true one, even when it is below `since` (a rolled-back CAS must not echo what a sidecar
+        saw; sidecars compare its signed checkpoints with the ones they remember)."""
         entries, head = self.store.feed_entries(since)
         events = [{"seq": e.seq, "type": e.event, "ts": e.ts, **e.data} for e in entries]
-        return events, max(head, since)
+        return events, head
+
+    def checkpoints(self, seen: int | None) -> dict[str, Any]:
+        """The signed checkpoint of the audit head and, when a sidecar names the entry it saw
+        last (``seen``), this CAS's checkpoint of that entry (None if it holds none): the
+        sidecar checks both against what it remembers."""
+        head = self.store.checkpoint()
+        answer: dict[str, Any] = {"checkpoint": None if head is None else head.to_json()}
+        if seen is not None:
+            at_seen = self.store.checkpoint(seen) if seen > 0 else None
+            answer["seen"] = None if at_seen is None else at_seen.to_json()
+        return answer
 
     # --- nonces and attestation --------------------------------------------------------------
     def new_nonce(self, now: datetime) -> tuple[bytes, datetime]:
@@ -272,7 +288,7 @@ class CasService:
                 serial=self._serials(),
             )
             try:
-                self.store.record_issued(
+                recorded = self.store.record_issued(
                     serial=cert.serial_number,
                     service=request.service,
                     platform_id=verified.platform_id,
@@ -309,6 +325,7 @@ class CasService:
             policy_version=version,
             epoch=epoch,
             policy_slice=slice_for(policy, request.service),
+            checkpoint=self.store.checkpoint(recorded.seq),
         )
 
     def _refuse(

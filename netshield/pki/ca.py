@@ -142,6 +142,33 @@ def issue_certificate(
     return builder.sign(ca.key, hashes.SHA256())
 
 
+def issue_signing_certificate(
+    ca: CertificateAuthority,
+    *,
+    public_key: CertificatePublicKeyTypes,
+    spiffe_id: SpiffeId,
+    purpose: x509.ObjectIdentifier,
+    now: datetime,
+    lifetime: timedelta,
+) -> x509.Certificate:
+    """Sign a leaf for one purpose other than TLS: `spiffe_id` as its URI SAN and `purpose` as
+    its only extended key usage, so no TLS peer accepts it as a client or server certificate.
+
+    Validity and errors as `issue_certificate`.
+    """
+    builder = _leaf_builder(
+        ca, public_key, common_name_for(spiffe_id), now=now, lifetime=lifetime, serial=None
+    )
+    return (
+        builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([purpose]), critical=True)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
 def issue_platform_certificate(
     vendor: CertificateAuthority,
     *,

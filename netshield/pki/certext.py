@@ -33,10 +33,12 @@ from dataclasses import dataclass
 from cryptography import x509
 
 # Private OIDs under the UUID arc 2.25 (ITU-T X.667: "2.25." + a UUID read as a 128-bit integer).
-# Both were generated with uuid.uuid4() for netshield, so no one else allocates them; they are
+# All were generated with uuid.uuid4() for netshield, so no one else allocates them; they are
 # part of the certificate format and never change.
 ATTESTATION_CLAIMS_OID = x509.ObjectIdentifier("2.25.233428180257033172604291649643794022069")
 PLATFORM_CLAIMS_OID = x509.ObjectIdentifier("2.25.158773762538349970503426693388393751399")
+# The extended key usage of the CAS's checkpoint signing certificate (`pki.checkpoint`).
+CHECKPOINT_SIGNING_OID = x509.ObjectIdentifier("2.25.241795272192112030007925945126746490143")
 
 MAX_CLAIM_INT = 2**63 - 1
 MAX_PLATFORM_ID_CHARS = 255

@@ -46,8 +46,9 @@ NOT_READY = "NOT_READY"
 class AdminProviders:
     """Where the admin API reads the sidecar's state; each is called once per request.
 
-    `ready` returns (True, "") or (False, why): a reason code such as "NO_CREDENTIALS", or a
-    sentence ("listeners not bound yet").
+    `ready` returns (True, "") or (False, why): a reason code such as "NO_CREDENTIALS", a code
+    and a sentence ("CAS_ROLLED_BACK: the CAS's ..."), or a sentence ("listeners not bound
+    yet").
     """
 
     ready: Callable[[], tuple[bool, str]]
@@ -94,8 +95,11 @@ async def handle_readyz(request: web.Request) -> web.Response:
     ready, why = _providers(request).ready()
     if ready:
         return _json({"ready": True})
+    code, _sep, sentence = why.partition(": ")
     if known_reason(why):
         body = error_body(why, f"not ready: {why}", None)
+    elif sentence and known_reason(code):  # "CAS_ROLLED_BACK: the CAS's signed audit head ..."
+        body = error_body(code, f"not ready: {sentence}", None)
     else:
         body = error_body(NOT_READY, f"not ready: {why or 'no reason given'}", "see /status")
     return _json({"ready": False, **body}, status=503)

@@ -31,6 +31,7 @@ from netshield.agent.attest import InProcessQuoter, Quoter, Workload
 from netshield.agent.credentials import CredentialHolder
 from netshield.agent.revocations import RevocationState
 from netshield.agent.rotation import backoff
+from netshield.agent.witness import CasWitness
 from netshield.attestation.measurement import measure
 from netshield.attestation.platform import load_platform
 from netshield.casclient import CasClient, CasUnreachable
@@ -283,8 +284,10 @@ def make_agent(
     holder: CredentialHolder,
     revocations: RevocationState,
     min_version: ssl.TLSVersion,
+    witness: CasWitness | None = None,
 ) -> Agent:
-    """The agent that attests `config.service` and keeps its credentials, as `config` says."""
+    """The agent that attests `config.service` and keeps its credentials, as `config` says
+    (its rollback witness read from `cas.witness_file` unless given)."""
     return Agent(
         config.cas.urls,
         config.cas.ca.read_bytes(),
@@ -297,6 +300,7 @@ def make_agent(
         resumption=config.tls.resumption,
         fraction=config.renewal.fraction,
         jitter=config.renewal.jitter,
+        witness=witness if witness is not None else CasWitness.load(config.cas.witness_file),
     )
 
 
@@ -306,6 +310,7 @@ async def run_sidecar(
     """Run until SIGTERM/SIGINT (or until `stop` is set, for embedding: then no signal handlers)."""
     config = load_sidecar_config(config_path)
     quoter = make_quoter(config)
+    witness = CasWitness.load(config.cas.witness_file)
     holder = CredentialHolder()
     revocations = RevocationState()
     table = ConnectionTable(limit=config.limits.max_connections)
@@ -313,6 +318,8 @@ async def run_sidecar(
     bound: dict[str, str] = {}
 
     def ready() -> tuple[bool, str]:
+        if agent_box and agent_box[0].cas_rolled_back is not None:
+            return False, agent_box[0].cas_rolled_back  # "CAS_ROLLED_BACK: <why>", the cause
         state = holder.state()
         if not state.ready:
             return False, state.reason.value if state.reason else state.detail
@@ -329,6 +336,7 @@ async def run_sidecar(
         renewals=lambda: agent_box[0].renewals if agent_box else 0,
         renewal_failures=lambda: agent_box[0].renewal_failures if agent_box else 0,
         ready=lambda: ready()[0],
+        cas_rolled_back=lambda: bool(agent_box and agent_box[0].cas_rolled_back is not None),
     )
     sink = RecordSink(
         config.records.file,
@@ -397,7 +405,9 @@ async def run_sidecar(
             if config.inbound and config.inbound.tls_min_version == "1.2"
             else ssl.TLSVersion.TLSv1_3
         )
-        agent = make_agent(config, quoter, trust_domain, holder, revocations, min_version)
+        agent = make_agent(
+            config, quoter, trust_domain, holder, revocations, min_version, witness=witness
+        )
         agent_box.append(agent)
         agent.on_revocation(lambda _event: _recheck(rt))
         agent.on_epoch(lambda _epoch: _recheck(rt))

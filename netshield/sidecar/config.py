@@ -75,6 +75,7 @@ _U32_MAX = 2**32 - 1
 class CasConfig:
     urls: tuple[str, ...]  # one CAS, or the replicas of one CAS, tried in order
     ca: Path  # the mesh CA certificate (PEM): bootstrap trust for the CAS's TLS
+    witness_file: Path | None = None  # remembers the CAS's highest audit head / policy version
 
     @property
     def url(self) -> str:
@@ -402,6 +403,7 @@ SIDECAR_SPEC = Record(
                 {
                     "url": Field(_CAS_URLS, required=True),
                     "ca": Field(_PATH, required=True),
+                    "witness_file": Field(_PATH),
                 },
                 expected="the CAS to attest at (a mapping with url and ca)",
             ),
@@ -774,7 +776,13 @@ def build_shared(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     cas, platform = doc["cas"], doc["platform"]
     admin, records, limits, renewal = doc["admin"], doc["records"], doc["limits"], doc["renewal"]
     return {
-        "cas": CasConfig(urls=tuple(cas["url"]), ca=_resolve(base_dir, cas["ca"])),
+        "cas": CasConfig(
+            urls=tuple(cas["url"]),
+            ca=_resolve(base_dir, cas["ca"]),
+            witness_file=None
+            if cas["witness_file"] is None
+            else _resolve(base_dir, cas["witness_file"]),
+        ),
         "platform": PlatformConfig(
             socket=None if platform["socket"] is None else _resolve(base_dir, platform["socket"]),
             in_process=None

@@ -15,6 +15,7 @@ time, so it is never stale.
 | netshield_certificate_expiry_seconds | gauge (no sample without a certificate) | |
 | netshield_renewals_total, netshield_renewal_failures_total | counter | |
 | netshield_ready | gauge (1 ready, 0 not) | |
+| netshield_cas_rolled_back | gauge (1 while the CAS presents an older history than seen) | |
 | netshield_peer_connections_total | counter | direction, peer, decision |
 | netshield_peer_bytes_total | counter | direction, peer, flow |
 
@@ -99,12 +100,14 @@ class SidecarMetrics(Collector):
         renewals: Callable[[], int] = _zero,
         renewal_failures: Callable[[], int] = _zero,
         ready: Callable[[], bool] = _false,
+        cas_rolled_back: Callable[[], bool] = _false,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._expiry = seconds_to_expiry
         self._renewals = renewals
         self._renewal_failures = renewal_failures
         self._ready = ready
+        self._cas_rolled_back = cas_rolled_back
         self._connections: Counter[tuple[str, str, str]] = Counter()
         self._active: Counter[str] = Counter({d: 0 for d in DIRECTIONS})
         self._bytes: Counter[tuple[str, str]] = Counter(
@@ -191,6 +194,11 @@ class SidecarMetrics(Collector):
             "netshield_ready",
             "1 while the sidecar holds valid credentials and its listeners are bound, else 0.",
         )
+        rolled_back = GaugeMetricFamily(
+            "netshield_cas_rolled_back",
+            "1 while the CAS presents an older audit head or policy version than this sidecar "
+            "saw (CAS_ROLLED_BACK), else 0.",
+        )
         peer_connections = CounterMetricFamily(
             "netshield_peer_connections",
             "Connections by direction, peer (service name, else identity or host) and decision.",
@@ -220,7 +228,9 @@ class SidecarMetrics(Collector):
             renewals.add_metric([], self._renewals())
             failures.add_metric([], self._renewal_failures())
             ready.add_metric([], 1.0 if self._ready() else 0.0)
+            rolled_back.add_metric([], 1.0 if self._cas_rolled_back() else 0.0)
         yield from (connections, active, relayed, handshakes, expiry, renewals, failures, ready)
+        yield rolled_back
         yield from (peer_connections, peer_bytes)
 
 

@@ -85,6 +85,17 @@ class StateTx(Protocol):
         """The stored hash of entry ``seq``, None if there is no such row."""
         ...
 
+    # --- signed checkpoints (`pki.checkpoint`): one per audit entry, in the entry's transaction
+    def insert_checkpoint(self, seq: int, body: str, signer: str, signer_pem: str) -> None:
+        """Store the checkpoint of entry ``seq`` (its body text, its signer's SHA-256), and the
+        signer's PEM certificate unless it is stored already."""
+        ...
+
+    def checkpoint(self, seq: int | None) -> tuple[str, str | None] | None:
+        """``(body, signer PEM)`` of entry ``seq``'s checkpoint (None: the newest), None if there
+        is none; the PEM is None if the signer's row is missing."""
+        ...
+
     # --- nonces (stored as digests; see `model.nonce_digest`)
     def prune_nonces(self, expired_before: str) -> None: ...
 

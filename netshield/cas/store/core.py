@@ -16,8 +16,12 @@ Guarantees (AM7.1, disk rollback), whatever the backend (the checks are in `roll
   checks that the log still contains the counter's head and then catches the counter up.
 - Nonces are not audited (they are the hot path); a restored copy that would revive a used
   nonce is still caught, because every consumed nonce is followed by an audited decision.
+- With a `CheckpointSigner` (the CAS always has one), every audit entry gets a signed
+  checkpoint in its own transaction, and open refuses a state whose checkpoints disagree with
+  its log or whose head the CAS did not sign (`AUDIT_CHAIN_BROKEN`): rewriting the chain and
+  the counter together needs the CAS's in-memory key.
 - No key material is stored: nonces are kept as SHA-256 digests; certificates only by serial,
-  fingerprint and claims.
+  fingerprint and claims; checkpoints by their public signer certificate.
 
 Concurrency: with a backend of its own (SQLite), every audited mutation holds one re-entrant
 lock for its whole duration (transaction and counter write included), so the asyncio thread
@@ -51,7 +55,9 @@ from netshield.cas.counter import (
 )
 from netshield.cas.store.backend import Backend, ChainLock, StateTx
 from netshield.cas.store.model import (
+    CHECKPOINT_SCHEMA,
     EV_ADOPT,
+    EV_ADOPT_UNSIGNED,
     EV_ALLOW,
     EV_CREATE,
     EV_DENY,
@@ -86,6 +92,7 @@ from netshield.cas.store.sqlite import SqliteBackend
 from netshield.errors import NetshieldError
 from netshield.identity import name_problem
 from netshield.nonces import NonceStatus
+from netshield.pki.checkpoint import Checkpoint, CheckpointSigner, SignedCheckpoint
 from netshield.reasons import Reason
 
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
@@ -96,11 +103,19 @@ OBSERVE_WITNESS_INTERVAL = 1.0  # seconds: how far a replica's witness may lag w
 class CasStore:
     """The CAS state. Create with `CasStore.open` or `CasStore.attach`; thread-safe."""
 
-    def __init__(self, *, backend: Backend, counter: MonotonicCounter, state_id: str) -> None:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        counter: MonotonicCounter,
+        state_id: str,
+        signer: CheckpointSigner | None = None,
+    ) -> None:
         self.backend = backend
         self.state_id = state_id
         self.created = False  # set by `attach`: this open created the state
         self.upgraded_from: int | None = None  # set by `attach`: the schema version it found
+        self.signer = signer
         self._counter = counter
         self._observed_at = float("-inf")
         self._lock: contextlib.AbstractContextManager[Any] = (
@@ -126,6 +141,8 @@ class CasStore:
         chain_lock: ChainLock = "advisory",
         counter: MonotonicCounter | None = None,
         adopt_counter: bool = False,
+        signer: CheckpointSigner | None = None,
+        adopt_unsigned: bool = False,
         now: datetime | None = None,
     ) -> CasStore:
         """Open (or create) the state; StateError if it cannot be trusted.
@@ -145,7 +162,14 @@ class CasStore:
 
             backend = PostgresBackend.open(database, password=password, chain_lock=chain_lock)
         try:
-            return cls.attach(backend, counter=counter, adopt_counter=adopt_counter, now=when)
+            return cls.attach(
+                backend,
+                counter=counter,
+                adopt_counter=adopt_counter,
+                signer=signer,
+                adopt_unsigned=adopt_unsigned,
+                now=when,
+            )
         except BaseException:
             backend.close()
             raise
@@ -158,21 +182,37 @@ class CasStore:
         counter: MonotonicCounter | None,
         adopt_counter: bool,
         now: datetime,
+        signer: CheckpointSigner | None = None,
+        adopt_unsigned: bool = False,
     ) -> CasStore:
         """The state in ``backend`` (created if the database is empty), once it is trusted.
 
-        Does not close ``backend`` on failure: the caller that opened it does.
+        With ``signer`` every audit entry gets a signed checkpoint in its own transaction, and
+        the log must be the one the CAS signed (`rollback.check_on_open`); a log with no
+        checkpoint at all (from before signed checkpoints) is refused unless ``adopt_unsigned``,
+        which signs it as it is (audited as ``state.adopt_unsigned``). Without one (tests,
+        offline tools such as `cas migrate`) checkpoints are neither written nor checked. An
+        older schema is upgraded (``state.upgrade``). Does not close ``backend`` on failure: the
+        caller that opened it does.
         """
         created = False
         if backend.read(lambda tx: tx.layout()) != "cas":
             refuse_unexpected_layout(backend, default_counter=counter is None)
             new_id = str(uuid.uuid4())
-            created = backend.write(lambda tx: _create(tx, new_id, now), chained=True)
+            created = backend.write(lambda tx: _create(tx, new_id, now, signer), chained=True)
         state_id, version = read_meta(backend)
         if counter is None:
             counter = MonotonicCounter(default_counter_path(state_id))
-        store = cls(backend=backend, counter=counter, state_id=state_id)
-        action = check_on_open(backend, counter, created=created, adopt_counter=adopt_counter)
+        store = cls(backend=backend, counter=counter, state_id=state_id, signer=signer)
+        never_signed = signer is not None and not created and _never_signed(backend, version)
+        action = check_on_open(
+            backend,
+            counter,
+            created=created,
+            adopt_counter=adopt_counter,
+            checkpoints=None if signer is None else (state_id, signer.verify),
+            adopt_unsigned=adopt_unsigned,
+        )
         if action is not None and action.adopt and action.head is not None:
             data = {"counter": str(counter.path), "seq": action.head.seq}
             store._append_audited(EV_ADOPT, data, now=now)
@@ -182,6 +222,9 @@ class CasStore:
         if version < SCHEMA_VERSION:
             store._upgrade(version, now)
             store.upgraded_from = version
+        if never_signed and adopt_unsigned:
+            head = store.audit_head()
+            store._append_audited(EV_ADOPT_UNSIGNED, {"seq": head.seq, "hash": head.head}, now=now)
         if counter.path == default_counter_path(state_id):
             mark_state(backend, state_id)
         return store
@@ -204,7 +247,7 @@ class CasStore:
                 return None  # another replica upgraded it first
             tx.upgrade_schema(current, SCHEMA_VERSION)
             data = {"from_version": current, "to_version": SCHEMA_VERSION}
-            return _append(tx, EV_UPGRADE, data, now)
+            return self._append(tx, EV_UPGRADE, data, now)
 
         with self._lock:
             entry = self.backend.write(work, chained=True)
@@ -276,9 +319,15 @@ class CasStore:
             self._observed_at = moment
         return current, policy
 
+    def _append(
+        self, tx: StateTx, event: str, data: Mapping[str, Any], now: datetime
+    ) -> AuditEntry:
+        """Append one entry (and its signed checkpoint) inside the caller's transaction."""
+        return _append(tx, event, data, now, self.signer, self.state_id)
+
     def _append_audited(self, event: str, data: Mapping[str, Any], *, now: datetime) -> AuditEntry:
         with self._lock:
-            entry = self.backend.write(lambda tx: _append(tx, event, data, now), chained=True)
+            entry = self.backend.write(lambda tx: self._append(tx, event, data, now), chained=True)
             self._witness(entry)
             return entry
 
@@ -360,7 +409,7 @@ class CasStore:
                 "previous_hash": current_hash,
                 "actor": actor,
             }
-            return stored, _append(tx, EV_POLICY, data, now)
+            return stored, self._append(tx, EV_POLICY, data, now)
 
         with self._lock:
             stored, entry = self.backend.write(work, chained=True)
@@ -382,9 +431,10 @@ class CasStore:
         now: datetime,
         fingerprint: str,
         evidence_type: str | None = None,
-    ) -> None:
+    ) -> AuditEntry:
         """Record an issued certificate; audited as ``attest.allow`` (with the evidence type
         when it is hardware evidence, so entries of the simulated platform read as before).
+        Returns that audit entry.
 
         `SerialTaken` (nothing written) if a certificate with ``serial`` was recorded already,
         by this CAS or by any replica sharing its database: the caller issues another.
@@ -417,11 +467,12 @@ class CasStore:
             if tx.issued(cert.serial_hex) is not None:
                 raise SerialTaken(f"certificate serial {cert.serial_hex} was issued already")
             tx.insert_issued(cert)
-            return _append(tx, EV_ALLOW, data, now)
+            return self._append(tx, EV_ALLOW, data, now)
 
         with self._lock:
             entry = self.backend.write(work, chained=True)
             self._witness(entry)
+            return entry
 
     def record_denied(
         self,
@@ -497,7 +548,7 @@ class CasStore:
                 "actor": actor,
                 "note": note,
             }
-            return revocation, _append(tx, EV_REVOKE, data, now)
+            return revocation, self._append(tx, EV_REVOKE, data, now)
 
         with self._lock:
             revocation, entry = self.backend.write(work, chained=True)
@@ -561,28 +612,58 @@ class CasStore:
         counter witnessed was committed before, so a concurrent attestation (here or at another
         replica) cannot make the head, the entries and the counter disagree.
         """
+        signed = None if self.signer is None else (self.state_id, self.signer.verify)
         with self._lock:
-            return snapshot_audit(self.backend, self._counter, since, limit)
+            return snapshot_audit(self.backend, self._counter, since, limit, checkpoints=signed)
 
     def verify_audit(self) -> list[str]:
-        """Every problem with the log, its agreement with the rows and with the counter."""
+        """Every problem with the log, its agreement with the rows, with the counter and with
+        the checkpoints the CAS signed."""
         return self.audit_snapshot(0, 0)[2]
 
+    def checkpoint(self, seq: int | None = None) -> SignedCheckpoint | None:
+        """The signed checkpoint of audit entry ``seq`` (None: of the newest entry), None if
+        there is none. Not verified here: whoever relies on it verifies it."""
+        row = self.backend.read(lambda tx: tx.checkpoint(seq))
+        if row is None or row[1] is None:
+            return None
+        return SignedCheckpoint.from_body(row[0], row[1])
 
-def _create(tx: StateTx, state_id: str, now: datetime) -> bool:
+
+def _never_signed(backend: Backend, version: int) -> bool:
+    """True if the state carries no signed checkpoint at all (older schemas have no table)."""
+    return version < CHECKPOINT_SCHEMA or backend.read(lambda tx: tx.checkpoint(None)) is None
+
+
+def _create(tx: StateTx, state_id: str, now: datetime, signer: CheckpointSigner | None) -> bool:
     """Create the schema and its first entry; False if another writer created it first."""
     if tx.layout() != "empty":
         return False
     tx.create_schema({"state_id": state_id, "schema_version": str(SCHEMA_VERSION)})
     data = {"state_id": state_id, "schema_version": SCHEMA_VERSION}
-    tx.insert_entry(make_entry(None, event=EV_CREATE, data=data, now=now))
+    _append(tx, EV_CREATE, data, now, signer, state_id)
     return True
 
 
-def _append(tx: StateTx, event: str, data: Mapping[str, Any], now: datetime) -> AuditEntry:
-    """Append one entry inside the caller's transaction."""
+def _append(
+    tx: StateTx,
+    event: str,
+    data: Mapping[str, Any],
+    now: datetime,
+    signer: CheckpointSigner | None,
+    state_id: str,
+) -> AuditEntry:
+    """Append one entry inside the caller's transaction, with its signed checkpoint (the policy
+    version in force after it) when there is a signer."""
     entry = make_entry(tx.last_entry(), event=event, data=data, now=now)
     tx.insert_entry(entry)
+    if signer is not None:
+        policy = tx.latest_policy()
+        version = 0 if policy is None else policy.version
+        signed = signer.sign(Checkpoint(state_id, entry.seq, entry.hash, version, entry.ts))
+        tx.insert_checkpoint(
+            entry.seq, signed.body_text(), signed.signer_fingerprint, signed.signer_pem()
+        )
     return entry
 
 

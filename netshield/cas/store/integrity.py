@@ -3,20 +3,31 @@
 The backends hand over their rows as stored, untyped (`StateRows`): an adversary who edits the
 database may have put anything in them. These functions turn them into audit entries and say,
 one sentence per problem, where the policy, issued and revocation rows disagree with the audit
-log and where the log disagrees with the monotonic counter that witnessed its head. The store
-runs them at open and on demand; they never raise on bad rows and do no I/O.
+log, where the log disagrees with the monotonic counter that witnessed its head, and where it
+disagrees with the checkpoints the CAS signed. The store runs them at open and on demand; they
+never raise on bad rows and do no I/O.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from netshield.cas.auditlog import GENESIS, AuditEntry, canonical_json
 from netshield.cas.counter import CounterValue
-from netshield.cas.store.model import EV_ALLOW, EV_POLICY, EV_REVOKE, policy_text_hash
+from netshield.cas.store.model import (
+    EV_ALLOW,
+    EV_CREATE,
+    EV_POLICY,
+    EV_REVOKE,
+    MAINTENANCE_EVENTS,
+    policy_text_hash,
+)
+from netshield.pki.checkpoint import Checkpoint, CheckpointError, SignedCheckpoint
+
+CheckpointVerifier = Callable[[SignedCheckpoint], Checkpoint]
 
 Row = tuple[Any, ...]
 
@@ -28,6 +39,7 @@ ISSUED_COLUMNS = (
     *("policy_version", "epoch", "fingerprint"),
 )
 REVOCATION_COLUMNS = ("seq", "kind", "target", "service", "platform_id")
+CHECKPOINT_COLUMNS = ("seq", "body", "signer_pem")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +50,7 @@ class StateRows:
     policies: Sequence[Row] = field(default=())
     issued: Sequence[Row] = field(default=())
     revocations: Sequence[Row] = field(default=())
+    checkpoints: Sequence[Row] = field(default=())
 
 
 def load_entries(rows: Sequence[Row]) -> tuple[list[AuditEntry], list[str]]:
@@ -158,3 +171,113 @@ def counter_problem(
             f"{counter_path} recorded: the state was replaced by another copy; {restore}"
         )
     return None
+
+
+def checkpoint_problems(
+    rows: Sequence[Row], entries: Sequence[AuditEntry], state_id: str, verify: CheckpointVerifier
+) -> list[str]:
+    """Where the signed checkpoints disagree with the audit log, and whether the CAS signed it.
+
+    Every stored checkpoint must state the entry at its seq (hash, time, policy version in
+    force, state id); the newest one must verify (``verify``), which vouches, through the hash
+    chain, for every entry before it; after it come only maintenance entries (`cas migrate`).
+    So a chain rewritten together with its counter, or truncated below checkpoints it leaves
+    behind, is caught without the CAS's key. A log with no checkpoint at all is
+    `unsigned_history`'s case, not reported here.
+    """
+    by_seq = {e.seq: e for e in entries}
+    version, versions = 0, {}
+    for e in entries:
+        if e.event == EV_POLICY and isinstance(e.data.get("version"), int):
+            version = e.data["version"]
+        versions[e.seq] = version
+    problems: list[str] = []
+    newest: SignedCheckpoint | None = None
+    for seq, body, pem in rows:
+        try:
+            signed = SignedCheckpoint.from_body(body, pem)
+        except CheckpointError as err:
+            problems.append(f"checkpoint {seq} is not a signed checkpoint ({err}; edited)")
+            continue
+        c, entry = signed.checkpoint, by_seq.get(seq)
+        if c.seq != seq:
+            problems.append(f"checkpoint {seq} holds the checkpoint of entry {c.seq} (moved)")
+        elif entry is None:
+            problems.append(
+                f"checkpoint {seq} vouches for audit entry {seq}, which the log no longer holds "
+                "(its newest entries were deleted)"
+            )
+        elif (c.head, c.ts, c.state_id, c.policy_version) != (
+            entry.hash,
+            entry.ts,
+            state_id,
+            versions[seq],
+        ):
+            problems.append(
+                f"audit entry {seq} is not the entry the CAS signed in its checkpoint "
+                "(the chain was rewritten)"
+            )
+        elif newest is None or seq > newest.checkpoint.seq:
+            newest = signed
+    if not rows:
+        return problems
+    if newest is not None:
+        try:
+            verify(newest)
+        except CheckpointError as err:
+            problems.append(str(err))
+    after = _unsigned(entries, 0 if newest is None else newest.checkpoint.seq)
+    if after:
+        problems.append(
+            f"audit {_span(after)} no signed checkpoint: written without the CAS's checkpoint "
+            "key (the chain or its checkpoints were rewritten)"
+        )
+    return problems
+
+
+def unsigned_history(rows: Sequence[Row], entries: Sequence[AuditEntry]) -> str | None:
+    """Why a log that carries no checkpoint at all (written before the CAS signed checkpoints,
+    or by a netshield without them) cannot be trusted as it is, or None (nothing to vouch
+    for: only maintenance entries, e.g. a state `cas migrate` created)."""
+    after = [] if rows else _unsigned(entries, 0)
+    if not after:
+        return None
+    return (
+        f"audit {_span(after)} no signed checkpoint: the state was written before the CAS signed "
+        "its checkpoints (or its checkpoints were deleted); if it is known to be the newest, "
+        "start the CAS once with --adopt-unsigned-history to sign its head"
+    )
+
+
+def _unsigned(entries: Sequence[AuditEntry], after: int) -> list[int]:
+    return [e.seq for e in entries if e.seq > after and e.event not in MAINTENANCE_EVENTS]
+
+
+def _span(seqs: list[int]) -> str:
+    if len(seqs) == 1:
+        return f"entry {seqs[0]} has"
+    return f"entries {seqs[0]}-{seqs[-1]} have"
+
+
+def witnessed_problems(entries: Sequence[AuditEntry], seen: Checkpoint, who: str) -> list[str]:
+    """Where the log ``entries`` disagrees with a checkpoint an outside witness remembers (a
+    sidecar's witness file, named ``who``): a log of another state, a log that ends before it
+    (restored together with its counter) or one with another entry in its place (replaced)."""
+    first = entries[0] if entries else None
+    state_id = (
+        first.data.get("state_id") if first is not None and first.event == EV_CREATE else None
+    )
+    if state_id is not None and state_id != seen.state_id:
+        return [f"{who} saw state {seen.state_id}, but this log is of state {state_id} (replaced)"]
+    last = entries[-1].seq if entries else 0
+    if last < seen.seq:
+        return [
+            f"log ends at entry {last} but {who} saw entry {seen.seq} signed by the CAS "
+            "(rolled back, together with its counter)"
+        ]
+    if any(e.seq == seen.seq and e.hash != seen.head for e in entries):
+        return [
+            f"entry {seen.seq} is not the entry {who} saw signed by the CAS "
+            "(replaced by another history)"
+        ]
+    return []

@@ -6,8 +6,10 @@ no CAS state. It copies the state id, every audit entry, policy version, issued 
 revocation in one transaction, so the target is all or nothing, then opens the target with the
 source's counter, which runs every open-time check on the copy, and appends ``state.migrate``.
 That entry moves the counter past the source's head: the source can never be started again as
-if it were current (its own counter refuses it as rolled back). Nonces are not copied: they
-live seconds, and a sidecar whose nonce is lost attests again.
+if it were current (its own counter refuses it as rolled back). The checkpoints the CAS signed
+come along as they are: the CAS checks them when it opens the copy, and sidecars find the ones
+they remember. Nonces are not copied: they live seconds, and a sidecar whose nonce is lost
+attests again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from netshield.cas.store.model import (
 from netshield.cas.store.postgres import PostgresBackend
 from netshield.cas.store.rollback import check_on_open, read_meta
 from netshield.cas.store.sqlite import DB_NAME, SqliteBackend
+from netshield.pki.checkpoint import SignedCheckpoint
 
 
 def copy_state(
@@ -62,7 +65,9 @@ def copy_state(
         source.close()
 
 
-_State = tuple[list[AuditEntry], list[StoredPolicy], list[IssuedCert], list[Revocation]]
+_State = tuple[
+    list[AuditEntry], list[StoredPolicy], list[IssuedCert], list[Revocation], list[SignedCheckpoint]
+]
 
 
 def _read_all(tx: StateTx) -> _State:
@@ -71,6 +76,7 @@ def _read_all(tx: StateTx) -> _State:
         tx.policies(),
         tx.list_issued(None),
         tx.revocations(0),
+        [SignedCheckpoint.from_body(body, pem) for _seq, body, pem in tx.state_rows().checkpoints],
     )
 
 
@@ -81,7 +87,7 @@ def _write_all(tx: StateTx, state_id: str, state: _State) -> None:
             "schema) and start the CAS replicas on it afterwards"
         )
     tx.create_schema({"state_id": state_id, "schema_version": str(SCHEMA_VERSION)})
-    entries, policies, issued, revocations = state
+    entries, policies, issued, revocations, checkpoints = state
     for entry in entries:
         tx.insert_entry(entry)
     for policy in policies:
@@ -90,3 +96,10 @@ def _write_all(tx: StateTx, state_id: str, state: _State) -> None:
         tx.insert_issued(cert)
     for revocation in revocations:
         tx.insert_revocation(revocation)
+    for signed in checkpoints:  # the CAS's signatures come along: sidecars still find theirs
+        tx.insert_checkpoint(
+            signed.checkpoint.seq,
+            signed.body_text(),
+            signed.signer_fingerprint,
+            signed.signer_pem(),
+        )

@@ -17,7 +17,8 @@ from typing import Literal
 from netshield.errors import NetshieldError, StateError
 from netshield.reasons import Reason
 
-SCHEMA_VERSION = 2  # 1: the tables; 2: an index that serves the feed without a full scan
+SCHEMA_VERSION = 3  # 1: the tables; 2: an index that serves the feed; 3: signed checkpoints
+CHECKPOINT_SCHEMA = 3  # the first version that has the checkpoint tables
 NONCE_BYTES = 32
 
 RevocationKind = Literal["instance", "service", "platform"]
@@ -32,9 +33,14 @@ EV_DENY = "attest.deny"
 EV_REVOKE = "revoke"
 EV_UPGRADE = "state.upgrade"
 EV_MIGRATE = "state.migrate"
+EV_ADOPT_UNSIGNED = "state.adopt_unsigned"
 RESERVED_EVENTS = frozenset(
     {EV_CREATE, EV_ADOPT, EV_POLICY, EV_ALLOW, EV_DENY, EV_REVOKE, EV_UPGRADE, EV_MIGRATE}
+    | {EV_ADOPT_UNSIGNED}
 )
+# Entries offline tools write without the CAS's checkpoint key (`netshield cas migrate`): they
+# change nothing the CAS decides on, so they may follow the newest signed checkpoint.
+MAINTENANCE_EVENTS = frozenset({EV_CREATE, EV_UPGRADE, EV_MIGRATE})
 # The events the revocation and policy feed carries.
 FEED_EVENTS = (EV_REVOKE, EV_POLICY)
 

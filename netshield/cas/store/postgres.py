@@ -82,7 +82,7 @@ CREATE TABLE audit (
 # revocation seq or policy version, or the snapshot went stale.
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _RETRYABLE_UNIQUE = {"audit_pkey", "revocations_pkey", "revocations_kind_target_key"}
-_RETRYABLE_UNIQUE |= {"policies_pkey", "meta_pkey"}
+_RETRYABLE_UNIQUE |= {"policies_pkey", "meta_pkey", "checkpoints_pkey", "checkpoint_signers_pkey"}
 
 
 class PostgresTx(SqlStateTx):

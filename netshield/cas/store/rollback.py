@@ -2,8 +2,8 @@
 
 At open (`check_on_open`) and on demand (`verify_backend`), the state's rows, its hash-chained
 audit log and the monotonic counter outside the database must agree; the first disagreement
-refuses the state with one sentence (`AUDIT_CHAIN_BROKEN` for an edited log or rows,
-`STATE_ROLLED_BACK` for a log behind or beside its witness). `refuse_unexpected_layout` and
+refuses the state with one sentence (`AUDIT_CHAIN_BROKEN` for an edited log or rows, or a
+log its CAS did not sign, `STATE_ROLLED_BACK` for a log behind or beside its witness). `refuse_unexpected_layout` and
 `mark_state` keep a record outside the database that a location held a state, so that a
 deleted database is not silently replaced by a new, empty one. `verify_state` and
 `read_audit_offline` read a state without writing anything, for the CLI.
@@ -15,6 +15,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from netshield.cas.auditlog import GENESIS, AuditEntry, verify_chain
 from netshield.cas.counter import (
     CounterValue,
@@ -23,15 +25,27 @@ from netshield.cas.counter import (
     default_counter_path,
 )
 from netshield.cas.store.backend import Backend
-from netshield.cas.store.integrity import counter_problem, load_entries, rows_problems
+from netshield.cas.store.integrity import (
+    CheckpointVerifier,
+    checkpoint_problems,
+    counter_problem,
+    load_entries,
+    rows_problems,
+    unsigned_history,
+)
 from netshield.cas.store.model import SCHEMA_VERSION, state_error
 from netshield.cas.store.sqlite import SqliteBackend
 from netshield.errors import StateError
+from netshield.pki.checkpoint import verify_checkpoint
 from netshield.reasons import Reason
 
 _MISMATCH_HINT = (
     "The database no longer matches its audit log: rows were edited or deleted. "
     "Restore the newest intact state directory."
+)
+_REWRITE_HINT = (
+    "The audit log was rewritten (or its newest entries written) without the CAS's checkpoint "
+    "key. Restore the newest intact state."
 )
 
 
@@ -98,9 +112,20 @@ def read_meta(backend: Backend) -> tuple[str, int]:
 
 
 def check_on_open(
-    backend: Backend, counter: MonotonicCounter, *, created: bool, adopt_counter: bool
+    backend: Backend,
+    counter: MonotonicCounter,
+    *,
+    created: bool,
+    adopt_counter: bool,
+    checkpoints: tuple[str, CheckpointVerifier] | None = None,
+    adopt_unsigned: bool = False,
 ) -> CounterCatchUp | None:
-    """StateError if the state cannot be trusted; else what the counter still needs, if any."""
+    """StateError if the state cannot be trusted; else what the counter still needs, if any.
+
+    With ``checkpoints`` (the state id and how to verify a signed checkpoint), the stored
+    checkpoints must agree with the log and the CAS must have signed it (`checkpoint_problems`);
+    a log without any checkpoint is refused too unless ``adopt_unsigned`` (`unsigned_history`).
+    """
     location, restore = backend.location, backend.restore_advice
     rows = backend.read(lambda tx: tx.state_rows())
     entries, problems = load_entries(rows.audit)
@@ -133,6 +158,22 @@ def check_on_open(
             reason=Reason.AUDIT_CHAIN_BROKEN,
             hint=_MISMATCH_HINT,
         )
+    if checkpoints is not None:
+        forged = checkpoint_problems(rows.checkpoints, entries, *checkpoints)
+        if forged:
+            raise StateError(
+                f"the audit log in {location} is not the one its CAS signed ({forged[0]}); "
+                f"{restore}",
+                reason=Reason.AUDIT_CHAIN_BROKEN,
+                hint=_REWRITE_HINT,
+            )
+        unsigned = None if adopt_unsigned else unsigned_history(rows.checkpoints, entries)
+        if unsigned:
+            raise StateError(
+                f"{location}: {unsigned}",
+                reason=Reason.AUDIT_CHAIN_BROKEN,
+                hint="Restore the newest state, or adopt it with --adopt-unsigned-history.",
+            )
     head = entries[-1] if entries else None
     if value is None and (created or head is None):
         return CounterCatchUp(head)
@@ -144,13 +185,19 @@ def check_on_open(
 
 
 def snapshot_audit(
-    backend: Backend, counter: MonotonicCounter, since: int = 0, limit: int | None = None
+    backend: Backend,
+    counter: MonotonicCounter,
+    since: int = 0,
+    limit: int | None = None,
+    *,
+    checkpoints: tuple[str, CheckpointVerifier] | None = None,
 ) -> tuple[list[AuditEntry], CounterValue, list[str]]:
     """Entries after ``since`` (at most ``limit``), the head and every problem, at one moment.
 
-    Problems: rows that are not entries, a broken chain, rows that disagree with the log, and a
-    log behind or beside ``counter``. The counter is read before the rows' snapshot, so
-    entries witnessed by a concurrent writer are always in it.
+    Problems: rows that are not entries, a broken chain, rows that disagree with the log, a
+    log behind or beside ``counter``, and (with ``checkpoints``, as `check_on_open`) a log the
+    CAS did not sign. The counter is read before the rows' snapshot, so entries witnessed by a
+    concurrent writer are always in it.
     """
     counter_problems: list[str] = []
     try:
@@ -169,12 +216,22 @@ def snapshot_audit(
     expected = None if value is None else (value.seq, value.head)
     problems += verify_chain(entries, expected_head=expected)
     problems += rows_problems(rows, entries)
+    if checkpoints is not None:
+        problems += checkpoint_problems(rows.checkpoints, entries, *checkpoints)
+        unsigned = unsigned_history(rows.checkpoints, entries)
+        problems += [] if unsigned is None else [unsigned]
     return selected, CounterValue(*head) if head else CounterValue(0, GENESIS), problems
 
 
-def verify_backend(backend: Backend, counter: MonotonicCounter) -> list[str]:
-    """Every problem with the log in ``backend``, with its rows and with ``counter``."""
-    return snapshot_audit(backend, counter, 0, 0)[2]
+def verify_backend(
+    backend: Backend,
+    counter: MonotonicCounter,
+    *,
+    checkpoints: tuple[str, CheckpointVerifier] | None = None,
+) -> list[str]:
+    """Every problem with the log in ``backend``, with its rows, with ``counter`` and (with
+    ``checkpoints``) with what its CAS signed."""
+    return snapshot_audit(backend, counter, 0, 0, checkpoints=checkpoints)[2]
 
 
 def open_read_only(
@@ -204,21 +261,30 @@ def verify_state(
     *,
     database: str | None = None,
     password: str | None = None,
+    bundle: list[x509.Certificate] | None = None,
 ) -> list[str]:
     """Problems with the state (empty if intact), for the CLI's offline check.
 
-    Reads the database only and never writes anything: no lock, no counter update.
+    With ``bundle`` (the mesh CA certificates) the signed checkpoints are checked too, and a
+    log its CAS did not sign is a problem. Reads the database only and never writes anything:
+    no lock, no counter update.
     """
     try:
         backend = open_read_only(state_dir, database=database, password=password)
         try:
-            state_id = check_meta(backend)
+            state_id, _version = read_meta(backend)
             path = counter_path if counter_path is not None else default_counter_path(state_id)
-            return verify_backend(backend, MonotonicCounter(path))
+            signed = None if bundle is None else (state_id, checkpoint_verifier(bundle))
+            return verify_backend(backend, MonotonicCounter(path), checkpoints=signed)
         finally:
             backend.close()
     except StateError as exc:
         return [str(exc)]
+
+
+def checkpoint_verifier(bundle: list[x509.Certificate]) -> CheckpointVerifier:
+    """Verify a checkpoint against ``bundle`` (any trust domain: the bundle names it)."""
+    return lambda signed: verify_checkpoint(signed, bundle)
 
 
 def read_audit_offline(
@@ -236,7 +302,7 @@ def read_audit_offline(
     """
     backend = open_read_only(state_dir, database=database, password=password)
     try:
-        state_id = check_meta(backend)
+        state_id, _version = read_meta(backend)
         entries, _problems = load_entries(backend.read(lambda tx: tx.state_rows()).audit)
     finally:
         backend.close()

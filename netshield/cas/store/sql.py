@@ -32,12 +32,22 @@ ISSUED_SELECT = (
 REVOCATION_SELECT = (
     "SELECT seq, kind, target, ts, service, platform_id, actor, note FROM revocations"
 )
+CHECKPOINT_SELECT = (
+    "SELECT c.seq, c.body, s.pem FROM checkpoints c "
+    "LEFT JOIN checkpoint_signers s ON s.fingerprint = c.signer"
+)
 
 
 # Schema version -> the statements that bring a database of the version before to it. A new
 # database gets the backend's tables (version 1) and then every migration.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("CREATE INDEX audit_event ON audit (event, seq)",),
+    # 3: the signed checkpoints (`pki.checkpoint`), one per audit entry, and their signers'
+    # certificates named by SHA-256 (one per CAS run)
+    3: (
+        "CREATE TABLE checkpoint_signers (fingerprint TEXT PRIMARY KEY, pem TEXT NOT NULL)",
+        "CREATE TABLE checkpoints (seq BIGINT PRIMARY KEY, body TEXT NOT NULL, signer TEXT NOT NULL)",
+    ),
 }
 
 
@@ -118,6 +128,9 @@ class SqlStateTx:
             revocations=self._all(
                 "SELECT seq, kind, target, service, platform_id FROM revocations"
             ),
+            checkpoints=self._all(f"{CHECKPOINT_SELECT} ORDER BY c.seq")
+            if "checkpoints" in self.table_names()
+            else (),
         )
 
     # --- the audit chain
@@ -157,6 +170,24 @@ class SqlStateTx:
     def entry_hash(self, seq: int) -> str | None:
         row = self._one("SELECT hash FROM audit WHERE seq = ?", (seq,))
         return None if row is None else str(row[0])
+
+    # --- signed checkpoints
+    def insert_checkpoint(self, seq: int, body: str, signer: str, signer_pem: str) -> None:
+        self._run(
+            "INSERT INTO checkpoint_signers (fingerprint, pem) SELECT ?, ? WHERE NOT EXISTS "
+            "(SELECT 1 FROM checkpoint_signers WHERE fingerprint = ?)",
+            (signer, signer_pem, signer),
+        )
+        self._run(
+            "INSERT INTO checkpoints (seq, body, signer) VALUES (?, ?, ?)", (seq, body, signer)
+        )
+
+    def checkpoint(self, seq: int | None) -> tuple[str, str | None] | None:
+        if seq is None:
+            row = self._one(f"{CHECKPOINT_SELECT} ORDER BY c.seq DESC LIMIT 1")
+        else:
+            row = self._one(f"{CHECKPOINT_SELECT} WHERE c.seq = ?", (seq,))
+        return None if row is None else (str(row[1]), None if row[2] is None else str(row[2]))
 
     # --- nonces
     def prune_nonces(self, expired_before: str) -> None:
