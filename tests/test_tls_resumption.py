@@ -60,6 +60,33 @@ def test_second_connection_resumes_and_carries_the_same_authorized_peer(pki: Pki
     assert c2.peer.serial == c1.peer.serial and c2.peer.not_after == c1.peer.not_after
 
 
+def test_a_resumed_connection_gets_no_new_ticket_and_the_one_it_has_resumes_again(
+    pki: Pki,
+) -> None:
+    orders = build_contexts(pki.creds("orders"), resumption=True)
+    frontend = build_contexts(pki.creds("frontend"), resumption=True)
+    _s, first = connect(orders, frontend)
+    ticket = first.new_session
+    assert ticket is not None  # a full handshake gets one
+    for _ in range(3):
+        s, c = connect(orders, frontend, session=ticket)
+        assert c.peer is not None and c.peer.resumed and s.peer is not None and s.peer.resumed
+        assert c.new_session is None  # nothing new: the ticket it holds is good again
+    assert orders.server.num_tickets == 1  # the context itself still issues one per full one
+
+
+def test_a_refused_ticket_gets_no_replacement_the_next_full_handshake_does(pki: Pki) -> None:
+    frontend = build_contexts(pki.creds("frontend"), resumption=True)
+    _s, c1 = connect(build_contexts(pki.creds("orders"), resumption=True), frontend)
+    swapped = build_contexts(pki.creds("orders"), resumption=True)
+    _s, c2 = connect(swapped, frontend, session=c1.new_session)
+    assert c2.peer is not None and not c2.peer.resumed and c2.new_session is None
+    _s, c3 = connect(swapped, frontend)  # the caller forgot the refused ticket
+    assert c3.new_session is not None
+    _s, c4 = connect(swapped, frontend, session=c3.new_session)
+    assert c4.peer is not None and c4.peer.resumed
+
+
 def test_without_resumption_no_ticket_is_issued_and_nothing_resumes(pki: Pki) -> None:
     orders = build_contexts(pki.creds("orders"), resumption=False)
     frontend = build_contexts(pki.creds("frontend"), resumption=False)

@@ -6,7 +6,8 @@ Guarantees: both sides require and verify the peer's certificate against the cre
 bundle only (never the system store), with strict X.509 checks; TLS 1.3 by default (1.2 only when
 asked, and then only ECDHE key exchange with AEAD ciphers: `TLS12_CIPHERS`, never CBC, RSA key
 transport or anything weaker). Session tickets only with `resumption`: then the server issues one
-stateless TLS 1.3 ticket per handshake (the client keeps one per peer in `TlsContexts.tickets`);
+stateless TLS 1.3 ticket per full handshake, none when the client resumed (`TlsEndpoint` decides
+from the ClientHello; the client keeps one per peer in `TlsContexts.tickets` and reuses it);
 without it none at all (a TLS 1.3 server with OP_NO_TICKET alone still sends stateful tickets, so
 `num_tickets` is 0 too: tickets nobody resumes cost ~180 µs each). Host names are not
 checked: the caller checks the peer's SPIFFE id after the handshake. The private key reaches

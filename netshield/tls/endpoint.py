@@ -15,7 +15,10 @@ Guarantees:
 - Plaintext is read into one reused buffer (no per-read large allocations); each `Plaintext`
   carries exactly the bytes read, coalesced over the records of one `receive` call.
 A client can offer a session to resume and learns of the ticket for its next connection through
-`new_session` (TLS 1.3 sends tickets after the handshake, so it appears on a later read).
+`new_session` (TLS 1.3 sends tickets after the handshake, so it appears on a later read). A server
+whose context issues tickets issues them only after full handshakes: it reads the ClientHello
+first (`netshield.tls.clienthello`) and a client that offers a ticket gets none (stateless
+tickets resume again and again; one it cannot use is replaced at its next full handshake).
 `TlsStateError` is raised only for local misuse (sending before the handshake or after
 `close_write`).
 """
@@ -26,6 +29,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from netshield.tls.clienthello import offers_psk
 from netshield.tls.failures import TlsFailure, translate
 from netshield.tls.peer import PeerCache, PeerInfo, peer_info
 
@@ -90,22 +94,23 @@ class TlsEndpoint:
         certificates."""
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._ssl = ctx.wrap_bio(
-            self._incoming,
-            self._outgoing,
-            server_side=server_side,
-            server_hostname=None if server_side else server_hostname,
-            session=None if server_side else session,
-        )
+        self._ctx = ctx
+        self._server_hostname = None if server_side else server_hostname
+        self._session = None if server_side else session
+        self._first = b""  # a server's first bytes, until it knows whether the client resumes
         self._peers = peers
         self._offered_id = session.id if session is not None else None
         self._watch_tickets = watch_tickets and not server_side
         self.new_session: ssl.SSLSession | None = None
         """The session of the first ticket the server sent after the handshake (client side)."""
-        # The C-level object behind SSLObject: its read/write are what SSLObject's Python
-        # wrappers call, minus one Python frame per call on the data path.
-        self._sslobj: ssl.SSLObject = getattr(self._ssl, "_sslobj", self._ssl)
         self._server_side = server_side
+        self._ssl: ssl.SSLObject
+        self._sslobj: ssl.SSLObject
+        # A server that issues tickets waits for the ClientHello: a client that resumes keeps
+        # its (reusable) ticket, so it gets none (each costs the server ~170 µs).
+        self._deferred = server_side and ctx.num_tickets > 0
+        if not self._deferred:
+            self._wrap(ctx.num_tickets)
         self._events: list[TlsEvent] = []
         self.established = False
         """Handshake done, no failure, peer still sending: `decrypt` and `encrypt` apply."""
@@ -136,6 +141,18 @@ class TlsEndpoint:
         if self.failure is not None or self.read_closed:
             return events
         self._started = True
+        if self._deferred:
+            first = self._first + bytes(data)
+            resumes = offers_psk(first)
+            if resumes is None and data:
+                self._first = first  # the ClientHello is not complete yet
+                return events
+            self._first = b""
+            self._wrap(0 if resumes else self._ctx.num_tickets)
+            if data:
+                data = first
+            elif first:
+                self._incoming.write(first)  # then the EOF below
         if data:
             self._incoming.write(data)
         elif self.handshake_done:
@@ -209,6 +226,30 @@ class TlsEndpoint:
         return b""
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _wrap(self, tickets: int) -> None:
+        """Create the SSLObject; a server issues `tickets` tickets (OpenSSL copies the count
+        from the context when the object is made, so it is set just for this one)."""
+        self._deferred = False
+        ctx = self._ctx
+        usual = ctx.num_tickets if self._server_side else tickets
+        if tickets != usual:
+            ctx.num_tickets = tickets
+        try:
+            self._ssl = ctx.wrap_bio(
+                self._incoming,
+                self._outgoing,
+                server_side=self._server_side,
+                server_hostname=self._server_hostname,
+                session=self._session,
+            )
+        finally:
+            if tickets != usual:
+                ctx.num_tickets = usual
+        self._session = None
+        # The C-level object behind SSLObject: its read/write are what SSLObject's Python
+        # wrappers call, minus one Python frame per call on the data path.
+        self._sslobj = getattr(self._ssl, "_sslobj", self._ssl)
 
     def _handshake(self, events: list[TlsEvent]) -> bool:
         try:
