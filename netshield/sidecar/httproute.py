@@ -56,6 +56,7 @@ from netshield.waf.verdict import Verdict, refusal
 log = logging.getLogger("netshield.sidecar")
 
 _READ = 65536
+_HIGH_WATER = 256 * 1024  # bytes buffered towards a peer before the route waits for it
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _PHRASES = {
     400: "Bad Request",
@@ -207,9 +208,11 @@ class HttpConnection:
         await _within(self.writer.drain(), self.io_timeout)
 
     async def send(self, data: bytes) -> None:
+        """Write to the caller; wait for it to read only when its buffer is full."""
         self.writer.write(data)
         self.state.bytes_out += len(data)
-        await self.drain()
+        if self.writer.transport.get_write_buffer_size() > _HIGH_WATER:
+            await self.drain()
 
     # --- inspection ---------------------------------------------------------------------------
     async def inspect(self, request: HttpRequest) -> Verdict | None:
@@ -333,7 +336,8 @@ class HttpConnection:
                 return status, False
             try:
                 conn.writer.write(data)
-                await _within(conn.writer.drain(), self.io_timeout)
+                if conn.writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                    await _within(conn.writer.drain(), self.io_timeout)
                 self.state.bytes_in += len(data)
                 status, reusable, ok = await self.relay_response(conn, request)
             except _UpstreamFailed as err:
@@ -393,6 +397,7 @@ class HttpConnection:
                     relay.reusable = False
                     break
                 await relay.event(kind, value)
+            await relay.flush()
             if relay.buffer_full():
                 await relay.release(conn)
             if relay.ended:
@@ -429,6 +434,7 @@ class _ResponseRelay:
         self.reusable = True
         self.ok = True
         self.head_only_done = False
+        self.out: list[bytes] = []
 
     def buffer_full(self) -> bool:
         return self.buffered and self.size > self.conn.route.settings.max_response_body
@@ -449,25 +455,30 @@ class _ResponseRelay:
         await self._write(kind, value)
 
     async def _write(self, kind: str, value: Any) -> None:
-        c = self.conn
+        """Queue the bytes of one event for the caller (`flush` sends them)."""
         if kind == "head":
             head: ResponseHead = value
             bodyless = head.status in (204, 304) or self.request.method == "HEAD"
             self.chunked = not bodyless and head.length is None
-            await c.send(head.to_bytes(close=self.close, chunked=self.chunked))
+            self.out.append(head.to_bytes(close=self.close, chunked=self.chunked))
             self.sent_head = True
             if self.request.method == "HEAD":  # llhttp would wait for a body: do not reuse
                 self.ended = self.head_only_done = True
                 self.reusable = False
         elif kind == "body" and value:
             if self.chunked:
-                await c.send(b"%x\r\n" % len(value) + value + b"\r\n")
+                self.out.append(b"%x\r\n%b\r\n" % (len(value), value))
             else:
-                await c.send(value)
+                self.out.append(value)
         elif kind == "end" and self.chunked:
-            await c.send(b"0\r\n\r\n")
+            self.out.append(b"0\r\n\r\n")
         if kind == "end" and self.close:
             self.ok = False
+
+    async def flush(self) -> None:
+        if self.out:
+            data, self.out = b"".join(self.out), []
+            await self.conn.send(data)
 
     async def release(self, upstream: Upstream) -> None:
         """Inspect the buffered response, then send it (or 403) and stream the rest."""
@@ -496,6 +507,7 @@ class _ResponseRelay:
         events, self.events = self.events, []
         for kind, value in events:
             await self._write(kind, value)
+        await self.flush()
 
 
 def finish_record(
