@@ -121,7 +121,7 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
 ) -> None:
     assert mesh["exit"] == 0, mesh["story"]
     steps = [line for line in mesh["story"].splitlines() if "| [" in line]
-    assert len(steps) == 10 and all("| [ok]" in line for line in steps), mesh["story"]
+    assert len(steps) == 11 and all("| [ok]" in line for line in steps), mesh["story"]
     for code in (
         "PEER_NOT_AUTHORIZED",
         "TLS_HANDSHAKE_FAILED",
@@ -158,12 +158,15 @@ def test_every_denial_is_in_the_connection_records(mesh: dict[str, Any]) -> None
     assert all(r["bytes_out"] == 0 and r["peer_identity"] is None for r in denied.values())
     revoked = [r for r in orders if r["close_reason"] == "PEER_REVOKED"]
     assert len(revoked) == 1 and revoked[0]["decision"] == "allow"  # allowed, then cut off
-    # the SQL injection to the native service was stopped at frontend's WAF route
+    # the SQL injection to the native service was stopped at frontend's WAF route (ModSecurity
+    # + CRS), and the attacker's XSS at frontend's ingress WAF route
     frontend = [r for r in records(mesh, "frontend") if r["decision"] == "deny"]
-    assert [r["reason"] for r in frontend] == ["WAF_BLOCKED"]
-    assert "NS-942100" in frontend[0]["waf"]["rule_ids"] and frontend[0]["original_dst"].endswith(
-        ":8080"
-    )
+    assert sorted(r["reason"] for r in frontend) == ["WAF_BLOCKED", "WAF_BLOCKED"]
+    egress = [r for r in frontend if r["listener"] != "ingress:orders"]
+    assert "942100" in egress[0]["waf"]["rule_ids"] and egress[0]["waf"]["engine"] == "crs"
+    assert egress[0]["original_dst"].endswith(":8080")
+    ingress = [r for r in frontend if r["listener"] == "ingress:orders"]
+    assert ingress and ingress[0]["direction"] == "inbound" and ingress[0]["waf"]["rule_ids"]
 
 
 def test_the_tampered_workload_and_the_old_platform_are_refused_at_attestation(

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from netshield.demo import (
     Narrator,
     http_get_through,
+    read_records,
     record_words,
     verify_audit,
     wait_reattested,
@@ -53,6 +54,7 @@ TRUST_DOMAIN = os.environ.get("NETSHIELD_TRUST_DOMAIN", "compose.netshield.local
 ORDERS = os.environ.get("ORDERS_ADDR", "127.0.0.1:15101")  # frontend's way to orders
 ORDERS_SIDECAR = os.environ.get("ORDERS_SIDECAR", "orders:15001")  # what the attacker aims at
 LEGACY = os.environ.get("LEGACY_ADDR", "legacy:8080")  # the native service, dialled as always
+INGRESS = os.environ.get("INGRESS_ADDR", "frontend:8090")  # frontend's ingress WAF route to orders
 ADMIN = "127.0.0.1:15000"  # frontend's sidecar admin listener (same network namespace)
 WAIT = 90.0  # other containers' steps may still be starting
 ATTACKER = Path("/attacker")
@@ -170,6 +172,7 @@ async def narrate() -> int:
         n.step(title, f"refused {reason} at attestation", observed, entry is not None)
     await revocation_step(n, orders_log)
     await waf_step(n, RECORDS / "frontend.jsonl")
+    ingress_step(n, results, RECORDS / "frontend.jsonl")
     verdict, ok = await verify_audit(CAS_URL, OPERATOR)
     n.step("operator verifies the CAS audit log", "an intact hash chain", verdict, ok)
     say(f"\nevery connection left one JSON record in {RECORDS}/; read them with:")
@@ -200,7 +203,27 @@ async def waf_step(n: Narrator, frontend_log: Path) -> None:
         and " 403 " in attack_line
         and rec is not None
         and rec.get("decision") == "deny"
-        and "NS-942100" in (rules.get("rule_ids") or []),
+        and "942100" in (rules.get("rule_ids") or [])  # ModSecurity + OWASP CRS
+        and rules.get("engine") == "crs",
+    )
+
+
+def ingress_step(n: Narrator, results: dict[str, Any], frontend_log: Path) -> None:
+    """The attacker container, a native client without a sidecar, calls orders through
+    frontend's ingress WAF route: a benign request passes over mesh mTLS, an XSS does not."""
+    statuses = results.get("ingress") or []
+    recs = [
+        r
+        for r in read_records(frontend_log)
+        if r.get("listener") == "ingress:orders" and r.get("reason") == "WAF_BLOCKED"
+    ]
+    rules = (recs[0].get("waf") or {}).get("rule_ids") if recs else None
+    n.step(
+        "a native client (the attacker container, no sidecar) calls orders through frontend's "
+        "ingress WAF route",
+        "benign 200 from orders over mesh mTLS; XSS 403 WAF_BLOCKED",
+        f"statuses {statuses}; rules {rules}",
+        statuses == [200, 403] and bool(rules),
     )
 
 
@@ -329,6 +352,27 @@ def refused_sidecar(work: Path, name: str, platform_socket: Path, port: int) -> 
     return f"{name}: {wait.stderr.strip().removeprefix('netshield: error: ')}"
 
 
+def ingress_attempt() -> list[int]:
+    """As a native client: a benign request and an XSS to frontend's ingress WAF route."""
+    host, port = INGRESS.rsplit(":", 1)
+    deadline = time.monotonic() + WAIT
+    statuses: list[int] = []
+    for target in ("/?customer=O%27Brien", "/?q=%3Cscript%3Ealert(1)%3C/script%3E"):
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((host, int(port)), timeout=10) as s:
+                    s.sendall(
+                        f"GET {target} HTTP/1.1\r\nHost: orders\r\nUser-Agent: curl/8\r\n"
+                        "Accept: */*\r\nConnection: close\r\n\r\n".encode()
+                    )
+                    head = s.recv(65536)
+                statuses.append(int(head.split(b" ", 2)[1]))
+                break
+            except (OSError, IndexError, ValueError):
+                time.sleep(1)
+    return statuses
+
+
 def attack() -> int:
     from probe import readable_private_keys
 
@@ -341,7 +385,11 @@ def attack() -> int:
     tampered = refused_sidecar(work, "tampered-orders", current, 15010)
     say(f"attacker: {tampered}")
     say("old firmware: " + refused_sidecar(work, "orders-on-old-firmware", old, 15011))
-    (ATTACKER / "results.json").write_text(json.dumps({"keys": keys, "tampered": tampered}))
+    ingress = ingress_attempt()
+    say(f"attacker: as a native client through frontend's ingress WAF route: {ingress}")
+    (ATTACKER / "results.json").write_text(
+        json.dumps({"keys": keys, "tampered": tampered, "ingress": ingress})
+    )
     say("attacker: done")
     ATTACKER_DONE.write_text("done\n")
     return 0
