@@ -290,7 +290,9 @@ class Mesh:
     procs: list[Proc] = field(default_factory=list)
 
     @classmethod
-    def create(cls, env: Env) -> Mesh:
+    def create(cls, env: Env, native_services: dict[str, object] | None = None) -> Mesh:
+        """A trust domain, a platform, the frontend and orders workloads and a CAS whose policy
+        lets frontend call orders (and names `native_services`, for WAF routes)."""
         from netshield.attestation.measurement import measure
         from netshield.attestation.platform import create_platform, save_platform
         from netshield.pki.ca import load_ca
@@ -325,6 +327,8 @@ class Mesh:
                 },
             },
         }
+        if native_services:
+            policy["native_services"] = native_services
         layout.policy.write_text(yaml.safe_dump(policy, sort_keys=False))
         cas = start(
             "cas",

@@ -31,14 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import BenchError, Proc, cpu_delta, free_port, json_ready, start
+from procs import BenchError, Proc, cpu_delta, free_port, start
+from topologies import Env, Mesh
 
 ROOT = Path(__file__).resolve().parent.parent
-TD = "wafbench.netshield.test"
-ENTRY = "python3 app.py"
 NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_http_modsecurity_module.so")
 HEADERS = ["Host: shop.example", "User-Agent: Mozilla/5.0 (bench)", "Accept: */*"]
 FORM = "comment=" + "this+is+a+perfectly+ordinary+comment+about+the+product " * 64
@@ -132,6 +129,7 @@ class Bench:
     core_b: int | None
     netshield: list[str]
     procs: list[Proc] = field(default_factory=list)
+    mesh: Mesh | None = None
 
     def start_backend(self) -> tuple[int, int]:
         port, second = free_port(), free_port()
@@ -169,90 +167,29 @@ class Bench:
         self.procs.append(proc)
         return Setup("nginx-modsec", port, proc)
 
-    def start_mesh(self, backend: tuple[int, int]) -> Proc:
-        from netshield.attestation.measurement import measure
-        from netshield.attestation.platform import create_platform, save_platform
-        from netshield.pki.ca import load_ca
-        from netshield.trustdomain import Layout, create_trust_domain
-
-        root = self.workdir / "mesh"
-        now = datetime.now(UTC)
-        layout = Layout(root / "td")
-        create_trust_domain(layout.root, trust_domain=TD, admin_name="operator", now=now)
-        vendor = load_ca(
-            layout.vendor_dir / "vendor-root.pem", layout.vendor_dir / "vendor-root.key"
-        )
-        save_platform(
-            create_platform(vendor, platform_id="p1", tcb_level=5, debug=False, now=now),
-            root / "platforms" / "p1",
-        )
-        wl = root / "workloads" / "frontend"
-        wl.mkdir(parents=True)
-        (wl / "app.py").write_text("print('frontend')\n")
-        policy = {
-            "trust_domain": TD,
-            "certificates": {"lifetime": "1h", "min_epoch": 1},
-            "platforms": {"min_tcb": 1},
-            "services": {"frontend": {"measurements": [measure(wl, ENTRY.split())]}},
-            "native_services": {
-                "shop": {"address": f"127.0.0.1:{backend[0]}", "waf": True},
-                "shopraw": {"address": f"127.0.0.1:{backend[1]}", "waf": True},
-            },
+    def start_mesh(self, backend: tuple[int, int]) -> None:
+        """The CAS of bench/topologies.py, with two native services on the backend's ports."""
+        env = Env(self.workdir, self.core_a, self.core_b, backend[0], self.netshield)
+        natives = {
+            "shop": {"address": f"127.0.0.1:{backend[0]}", "waf": True},
+            "shopraw": {"address": f"127.0.0.1:{backend[1]}", "waf": True},
         }
-        layout.policy.write_text(yaml.safe_dump(policy, sort_keys=False))
-        cas = start(
-            "cas",
-            [
-                *self.netshield,
-                "cas",
-                "serve",
-                "--policy",
-                str(layout.policy),
-                "--state",
-                str(layout.cas_state),
-                "--listen",
-                "127.0.0.1:0",
-                "--counter",
-                str(root / "cas.counter"),
-            ],
-            workdir=self.workdir,
-            core=self.core_b,
-            ready=json_ready(),
-        )
-        self.procs.append(cas)
-        self.mesh_root, self.cas = root, cas
-        return cas
+        self.mesh = Mesh.create(env, native_services=natives)
 
     def start_sidecar(self, name: str, service: str, waf: dict[str, Any]) -> Setup:
-        root = self.mesh_root
-        doc = {
-            "service": "frontend",
-            "cas": {
-                "url": str(self.cas.ready["url"]),
-                "ca": str(root / "td" / "cas" / "mesh-ca.pem"),
-            },
-            "platform": {"in_process": str(root / "platforms" / "p1")},
-            "workload": {"path": str(root / "workloads" / "frontend"), "cmd": ENTRY},
-            "admin": {"listen": "127.0.0.1:0"},
-            "records": {"file": str(root / f"{name}.records.jsonl")},
-            "limits": {"max_connections": 4096},
-            "outbound": [{"service": service, "listen": "127.0.0.1:0"}],
-            "waf": waf,
-        }
-        path = root / f"{name}.sidecar.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        proc = start(
+        proc = self.mesh.sidecar(
             name,
-            [*self.netshield, "sidecar", "--config", str(path)],
-            workdir=self.workdir,
-            core=self.core_a,
-            ready=json_ready(),
+            "frontend",
+            self.core_a,
+            outbound=[{"service": service, "listen": "127.0.0.1:0"}],
+            waf=waf,
         )
-        self.procs.append(proc)
         port = int(str(proc.ready["listen"][f"outbound:{service}"]).rsplit(":", 1)[1])
         return Setup(name, port, proc)
 
     def stop(self) -> None:
+        if self.mesh is not None:
+            self.mesh.stop()
         for proc in reversed(self.procs):
             proc.stop()
 
