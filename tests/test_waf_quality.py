@@ -22,6 +22,8 @@ from netshield.waf.settings import WafSettings
 from tests.corpus.netshield_corpus import attacks, benign
 from tests.waf_support import running_route
 
+pytestmark = pytest.mark.slow
+
 CORPUS = Path(__file__).parent / "corpus"
 SETTINGS = WafSettings(engine="crs", request_timeout=timedelta(seconds=1))
 CONCURRENCY = 32
