@@ -37,7 +37,12 @@ def lab() -> None:
 class Compose:
     def __init__(self, project: str) -> None:
         self.project = project
-        self.env = {**os.environ, "BASE_IMAGE": "localbase:bookworm"}
+        # an image tag of this run's own: runs from other checkouts build theirs concurrently
+        self.env = {
+            **os.environ,
+            "BASE_IMAGE": "localbase:bookworm",
+            "NETSHIELD_IMAGE": f"netshield-test-{project}:latest",
+        }
         self.env.pop("DOCKER_BUILDKIT", None)  # the lab's docker CLI has no buildx
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
