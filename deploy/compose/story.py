@@ -190,7 +190,11 @@ async def waf_step(n: Narrator, frontend_log: Path) -> None:
     """frontend dials the native `legacy` service as always; capture sends it through the WAF."""
     benign = await http_get_through(LEGACY, "/")
     attack = await http_get_through(LEGACY, "/?id=1'%20OR%20'1'='1")
-    rec = await wait_record(frontend_log, functools.partial(has_reason, "WAF_BLOCKED"), WAIT)
+    rec = await wait_record(
+        frontend_log,
+        lambda r: has_reason("WAF_BLOCKED", r) and r.get("listener") != "ingress:orders",
+        WAIT,
+    )
     rules = (rec or {}).get("waf") or {}
     benign_line = benign.split(b"\r\n", 1)[0].decode(errors="replace")
     attack_line = attack.split(b"\r\n", 1)[0].decode(errors="replace")

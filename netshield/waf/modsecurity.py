@@ -27,6 +27,7 @@ import ctypes.util
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 _c = ctypes.c_void_p
 _LOG_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
@@ -210,14 +211,22 @@ class ModSecurity:
         return outcome
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-_libc.free.argtypes = [ctypes.c_void_p]
-_libc.free.restype = None
+_FREE: list[Any] = []  # libc's free, loaded on first use (find_library spawns ldconfig)
 
 
 def libc_free(pointer: int | None) -> None:
-    if pointer:
-        _libc.free(pointer)
+    """free(3) a buffer ModSecurity allocated for the connector."""
+    if not pointer:
+        return
+    if not _FREE:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.free.restype = None
+        _FREE.append(libc.free)
+    _FREE[0](pointer)
 
 
 __all__ = ["LIBRARY_NAMES", "Intervention", "ModSecurity", "ModSecurityUnavailable", "Outcome"]
