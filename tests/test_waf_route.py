@@ -301,3 +301,31 @@ async def _send_and_answer(caller: Caller, data: bytes) -> tuple[int, float]:
     await caller.send(data)
     status = (await caller.response(timeout=120))[0]
     return status, time.monotonic() - t0
+
+
+async def test_verdicts_are_counted_in_the_metrics_by_action_and_rule(crs: Engine) -> None:
+    async with running_route(CRS, crs) as route:
+        caller = await Caller.connect(route.port)
+        await caller.send(get("/fine") + get(ATTACK))
+        assert [(await caller.response())[0] for _ in range(2)] == [200, 403]
+        caller.close()
+        await route.wait_records(1)
+        text = route.rt.metrics.render().decode()
+    assert 'netshield_waf_requests_total{action="block",engine="crs"} 1.0' in text
+    assert 'netshield_waf_requests_total{action="pass",engine="crs"} 1.0' in text
+    assert 'netshield_waf_rule_matches_total{rule="942100"} 1.0' in text
+
+
+async def test_a_pooled_connection_the_service_closed_is_not_reused(crs: Engine) -> None:
+    async with running_route(CRS, crs) as route:
+        caller = await Caller.connect(route.port)
+        await caller.send(get("/one"))
+        assert (await caller.response())[0] == 200
+        pool = next(iter(route.rt.http.pools.values()))
+        (idle,) = list(pool._idle)
+        idle.writer.transport.abort()  # as if the service had closed it while it sat idle
+        await asyncio.sleep(0.1)
+        await caller.send(get("/two"))
+        assert (await caller.response())[0] == 200
+        assert [s.path_qs for s in route.service.seen] == ["/one", "/two"]
+        assert len({s.peer_port for s in route.service.seen}) == 2  # a fresh connection

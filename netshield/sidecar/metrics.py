@@ -114,6 +114,8 @@ class SidecarMetrics(Collector):
             {(d, flow): 0 for d in DIRECTIONS for flow in ("in", "out")}
         )
         self._handshakes = {d: _Histogram() for d in DIRECTIONS}
+        self._waf_requests: Counter[tuple[str, str]] = Counter()  # (engine, action)
+        self._waf_rules: Counter[str] = Counter()  # requests each WAF rule matched
         self._peer_connections: Counter[tuple[str, str, str]] = Counter()
         self._peer_bytes: Counter[tuple[str, str, str]] = Counter()
         self._peers: set[str] = set()
@@ -140,6 +142,14 @@ class SidecarMetrics(Collector):
         self._peer_connections[direction, peer, record.decision] += 1
         self._peer_bytes[direction, peer, "in"] += record.bytes_in
         self._peer_bytes[direction, peer, "out"] += record.bytes_out
+        if record.waf is not None:
+            waf = record.waf
+            counted = len(waf.requests)
+            for request in waf.requests:
+                self._waf_requests[waf.engine, request.action] += 1
+                self._waf_rules.update(request.rule_ids)
+            if waf.request_count > counted:  # requests the record summarised without a verdict
+                self._waf_requests[waf.engine, "pass"] += waf.request_count - counted
 
     def _peer_label(self, record: ConnectionRecord) -> str:
         ends = parties(record)
@@ -209,7 +219,21 @@ class SidecarMetrics(Collector):
             "Bytes relayed by closed connections, by direction, peer and flow.",
             labels=["direction", "peer", "flow"],
         )
+        waf_requests = CounterMetricFamily(
+            "netshield_waf_requests",
+            "Requests on WAF routes by engine and action (pass, block, detect, refuse).",
+            labels=["engine", "action"],
+        )
+        waf_rules = CounterMetricFamily(
+            "netshield_waf_rule_matches",
+            "Requests on WAF routes each rule matched (CRS ids, NS-9xxxxx for netshield's own).",
+            labels=["rule"],
+        )
         if sample:
+            for (engine, action), count in sorted(self._waf_requests.items()):
+                waf_requests.add_metric([engine, action], count)
+            for rule, count in sorted(self._waf_rules.items()):
+                waf_rules.add_metric([rule], count)
             for labels, count in sorted(self._peer_connections.items()):
                 peer_connections.add_metric(list(labels), count)
             for labels, count in sorted(self._peer_bytes.items()):
@@ -231,7 +255,7 @@ class SidecarMetrics(Collector):
             rolled_back.add_metric([], 1.0 if self._cas_rolled_back() else 0.0)
         yield from (connections, active, relayed, handshakes, expiry, renewals, failures, ready)
         yield rolled_back
-        yield from (peer_connections, peer_bytes)
+        yield from (peer_connections, peer_bytes, waf_requests, waf_rules)
 
 
 __all__ = ["CONTENT_TYPE", "HANDSHAKE_BUCKETS", "MAX_PEERS", "SidecarMetrics"]
