@@ -123,3 +123,27 @@ def test_a_malformed_request_on_a_native_route_is_refused_and_never_forwarded(
     assert rec["waf"]["rule_ids"] == ["NS-920100"] and rec["waf"]["action"] == "refuse"
     time.sleep(0.3)
     assert "GET" not in server.access_log() and "code 400" not in server.access_log()
+
+
+def test_a_sidecar_whose_crs_rules_cannot_load_refuses_to_start(tmp_path: Path) -> None:
+    from tests.support import netshield_cmd
+
+    extra = "native_services:\n  legacy:\n    address: 127.0.0.1:9\n    waf: true\n"
+    mesh = make_mesh(tmp_path, policy_extra=extra)
+    try:
+        mesh.start_cas()
+        config = mesh.sidecar_config(
+            "frontend",
+            outbound=[{"service": "legacy", "listen": "127.0.0.1:0"}],
+            waf={"engine": "crs", "rules": str(tmp_path / "no-crs-here")},
+        )
+        done = subprocess.run(
+            netshield_cmd("sidecar", "--config", str(config)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        mesh.stop_all()
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "no OWASP Core Rule Set under" in done.stderr and '"event": "ready"' not in done.stdout

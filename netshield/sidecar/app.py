@@ -353,13 +353,6 @@ async def run_sidecar(
         metrics=metrics,
         http=WafRoutes(config.waf, config.ingress),
     )
-    try:
-        waf_lines = rt.http.load_configured()
-    except WafUnavailable as err:
-        rt.http.close()
-        raise NetshieldError(str(err), hint="") from None
-    for line in waf_lines:
-        log.info("WAF route %s", line)
 
     def status() -> dict[str, Any]:
         agent_status = agent_box[0].status() if agent_box else {}
@@ -379,6 +372,9 @@ async def run_sidecar(
         status=status,
     )
     loop = asyncio.get_running_loop()
+    # The WAF engines load (CRS: ~0.3 s of CPU) in a thread while the sidecar attests; no
+    # listener is bound before they all loaded, and one that cannot load stops the sidecar.
+    waf_loading = loop.run_in_executor(rt.http.executor, rt.http.load_configured)
     signals = stop is None
     stop = stop or asyncio.Event()
     if signals:
@@ -414,6 +410,12 @@ async def run_sidecar(
         agent_task = asyncio.create_task(agent.run())
         if not await _first_credentials(holder, agent, agent_task, stop):
             return
+        try:
+            waf_lines = await waf_loading
+        except WafUnavailable as err:
+            raise NetshieldError(str(err), hint="") from None
+        for line in waf_lines:
+            log.info("WAF route %s", line)
         listeners = bind_listeners(rt, config)
         bound.update({name: bound_address(sock) for name, sock in listeners.sockets.items()})
         housekeeping = asyncio.create_task(_housekeeping(rt))
@@ -448,6 +450,10 @@ async def run_sidecar(
             await asyncio.wait(list(rt.tasks), timeout=5)
         if admin is not None:
             await admin.close()
+        if not waf_loading.done():
+            waf_loading.cancel()
+        elif not waf_loading.cancelled():
+            waf_loading.exception()  # retrieved: a failure was raised above, or never reached
         rt.http.close()
         sink.close()
         for o in config.outbound:
