@@ -22,6 +22,7 @@ PURE = [
     "pki",
     "attestation",
     "cas/auditlog.py",
+    "waf",
     "cas/store/model.py",
     "cas/store/integrity.py",
     "cas/store/backend.py",
