@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from netshield.tls.clienthello import offers_psk
 from netshield.tls.failures import TlsFailure, translate
 from netshield.tls.peer import PeerCache, PeerInfo, peer_info
+from netshield.tls.sessions import session_offer
 
 _ReadInto = Callable[[int, memoryview], int]
 """SSLObject.read with a buffer: returns the byte count (typeshed says bytes)."""
@@ -235,17 +236,29 @@ class TlsEndpoint:
         usual = ctx.num_tickets if self._server_side else tickets
         if tickets != usual:
             ctx.num_tickets = tickets
+        session, offer = self._session, session_offer() if self._session is not None else None
         try:
             self._ssl = ctx.wrap_bio(
                 self._incoming,
                 self._outgoing,
                 server_side=self._server_side,
                 server_hostname=self._server_hostname,
-                session=self._session,
+                session=None if offer is not None else session,
             )
         finally:
             if tickets != usual:
                 ctx.num_tickets = usual
+        if offer is not None and session is not None:
+            try:
+                offer.offer(self._ssl, session)  # without CPython's copy (~0.3 ms)
+            except ssl.SSLError:
+                self._ssl = ctx.wrap_bio(
+                    self._incoming,
+                    self._outgoing,
+                    server_side=False,
+                    server_hostname=self._server_hostname,
+                    session=session,
+                )
         self._session = None
         # The C-level object behind SSLObject: its read/write are what SSLObject's Python
         # wrappers call, minus one Python frame per call on the data path.
@@ -333,5 +346,6 @@ class TlsEndpoint:
     def _look_for_ticket(self) -> None:
         session = self._ssl.session
         if session is not None and session.has_ticket and session.id != self._offered_id:
-            self.new_session = session
+            offer = session_offer()
+            self.new_session = session if offer is None else offer.detached(self._ctx, session)
             self._watch_tickets = False
