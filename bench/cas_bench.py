@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,7 +55,15 @@ from netshield.pki.csr import build_csr  # noqa: E402
 from netshield.pki.keys import generate_key, public_key_der  # noqa: E402
 from netshield.tls.material import cas_client_context  # noqa: E402
 from tests.pg_support import PgCluster, find_bindir  # noqa: E402
-from tests.support import ORDERS_M, SIGNER, TD, Domain, make_domain, netshield_cmd  # noqa: E402
+from tests.support import (  # noqa: E402
+    ORDERS_M,
+    SIGNER,
+    TD,
+    CasProcess,
+    Domain,
+    cas_subprocess,
+    make_domain,
+)
 
 MESH = 1000
 RENEW_EVERY_S = 120.0  # the rate asked for: every sidecar renews every 2 minutes
@@ -90,51 +97,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Replica:
-    proc: subprocess.Popen[str]
-    url: str
-
-
 @contextlib.contextmanager
-def cas(domain: Domain, name: str, *extra: str, counter: Path) -> Iterator[Replica]:
-    log = (domain.root / f"{name}.log").open("w")
-    proc = subprocess.Popen(
-        netshield_cmd(
-            "--log-level",
-            "warning",
-            "cas",
-            "serve",
-            "--policy",
-            str(domain.layout.policy),
-            "--state",
-            str(domain.layout.cas_state),
-            "--listen",
-            "127.0.0.1:0",
-            "--counter",
-            str(counter),
-            *extra,
-        ),
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            proc.wait(30)
-            raise SystemExit(f"{name} exited: {(domain.root / f'{name}.log').read_text()[-2000:]}")
-        yield Replica(proc, json.loads(line)["url"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def cas(domain: Domain, name: str, *extra: str, counter: Path) -> Iterator[CasProcess]:
+    """One `netshield cas serve` process (the tests' helper), its log in <root>/<name>.stderr."""
+    with cas_subprocess(domain, *extra, counter=counter, name=name, timeout=60) as proc:
+        yield proc
 
 
 class Load:
@@ -186,7 +153,7 @@ class Load:
 
 
 def measure(
-    setup: str, rnd: int, domain: Domain, replicas: list[Replica], clients: int, seconds: float
+    setup: str, rnd: int, domain: Domain, replicas: list[CasProcess], clients: int, seconds: float
 ) -> Sample:
     load = Load(domain, [r.url for r in replicas], clients)
     asyncio.run(load.run(1.0))  # warm up: connections, prepared statements
@@ -201,7 +168,7 @@ def measure(
 @contextlib.contextmanager
 def setup_replicas(
     name: str, domain: Domain, cluster: PgCluster | None, pwfile: Path
-) -> Iterator[list[Replica]]:
+) -> Iterator[list[CasProcess]]:
     """The CAS processes of one set-up, on a fresh state."""
     root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=domain.root))
     if cluster is None:  # a new state directory; the CA material stays where init put it

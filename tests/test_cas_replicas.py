@@ -164,6 +164,22 @@ def audit_check(shared: Shared, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def serve_once(
+    shared: Shared, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`netshield cas serve` expected to refuse to start: its exit status and output."""
+    return subprocess.run(
+        netshield_cmd(
+            "cas", "serve", "--policy", str(shared.domain.layout.policy),
+            "--state", str(shared.domain.layout.cas_state), *args,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )  # fmt: skip
+
+
 # --- nonces -----------------------------------------------------------------------------------
 
 
@@ -356,21 +372,7 @@ async def test_a_database_restored_from_an_older_dump_is_refused_and_stops_a_rep
 
 def test_a_database_url_with_a_password_is_refused_on_the_command_line(shared: Shared) -> None:
     secret_url = shared.url.replace("netshield@", f"netshield:{shared.cluster.password}@")
-    proc = subprocess.run(
-        netshield_cmd(
-            "cas",
-            "serve",
-            "--policy",
-            str(shared.domain.layout.policy),
-            "--state",
-            str(shared.domain.layout.cas_state),
-            "--database",
-            secret_url,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = serve_once(shared, "--database", secret_url)
     assert proc.returncode != 0
     assert "--database-password-file" in proc.stderr
     assert shared.cluster.password not in proc.stderr + proc.stdout
@@ -398,22 +400,12 @@ def test_the_password_comes_from_a_file_or_the_environment_and_is_never_shown(
     # the twin: a wrong password is one clear line naming the database, not the password
     wrong = shared.domain.root / "wrong-password"
     wrong.write_text("not-the-password\n")
-    proc = subprocess.run(
-        netshield_cmd(
-            "cas",
-            "serve",
-            "--policy",
-            str(shared.domain.layout.policy),
-            "--state",
-            str(shared.domain.layout.cas_state),
-            "--database",
-            shared.url,
-            "--database-password-file",
-            str(wrong),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = serve_once(
+        shared,
+        "--database",
+        shared.url,
+        "--database-password-file",
+        str(wrong),
         env={k: v for k, v in os.environ.items() if k != "PGPASSWORD"},
     )
     assert proc.returncode != 0

@@ -32,6 +32,7 @@ OPERATOR_MADE = {
     ("Secret", "netshield-cas-keys"),
     ("Secret", "netshield-platform"),
     ("ConfigMap", "netshield-mesh-ca"),
+    ("Secret", "netshield-cas-database"),  # replicas/: the database URL and password
 }
 KEY_SECRETS = {"netshield-cas-keys": "netshield-cas", "netshield-platform": "netshield-platform"}
 """Each Secret holding a private key, and the one workload allowed to mount it."""
@@ -85,7 +86,7 @@ def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (d["metadata"]["name"], d["spec"]["template"])
         for d in docs
-        if d["kind"] in ("Deployment", "DaemonSet")
+        if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")
     ]
 
 
@@ -96,6 +97,12 @@ def k8s_reference_problems(docs: list[dict[str, Any]]) -> list[str]:
     for name, template in pod_specs(docs):
         spec = template["spec"]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        volumes |= {
+            claim["metadata"]["name"]: {}
+            for d in docs
+            if d["metadata"]["name"] == name
+            for claim in d["spec"].get("volumeClaimTemplates", [])
+        }
         for container in spec.get("initContainers", []) + spec["containers"]:
             for mount in container.get("volumeMounts", []):
                 if mount["name"] not in volumes:
@@ -110,10 +117,11 @@ def k8s_reference_problems(docs: list[dict[str, Any]]) -> list[str]:
                     problems.append(f"{name}: {kind} {vol[key][field]} is not defined")
     labels = [t["metadata"]["labels"] for _n, t in pod_specs(docs)]
     for doc in docs:
-        if doc["kind"] == "Service":
-            selector = doc["spec"]["selector"].items()
+        if doc["kind"] in ("Service", "PodDisruptionBudget"):
+            chosen = doc["spec"]["selector"]
+            selector = chosen.get("matchLabels", chosen).items()
             if not any(selector <= pod.items() for pod in labels):
-                problems.append(f"Service {doc['metadata']['name']} selects no pod")
+                problems.append(f"{doc['kind']} {doc['metadata']['name']} selects no pod")
     return problems
 
 

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.test_deploy_files import K8S, KUBERNETES_VERSION, OPERATOR_MADE, k8s_docs
+from tests.test_deploy_files import K8S, KUBERNETES_VERSION, k8s_docs, k8s_reference_problems
 
 OVERLAY = K8S / "replicas"
 DATABASE_SECRET = "netshield-cas-database"
@@ -93,42 +93,6 @@ def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-def reference_problems(docs: list[dict[str, Any]]) -> list[str]:
-    defined = {(d["kind"], d["metadata"]["name"]) for d in docs} | OPERATOR_MADE
-    defined.add(("Secret", DATABASE_SECRET))  # made by the operator (see the kustomization)
-    claims = {
-        t["metadata"]["name"]
-        for d in docs
-        for t in d.get("spec", {}).get("volumeClaimTemplates", [])
-    }
-    problems = []
-    for name, template in workloads(docs).items():
-        spec = template["spec"]
-        volumes = {v["name"]: v for v in spec.get("volumes", [])} | {c: {} for c in claims}
-        for container in spec.get("initContainers", []) + spec["containers"]:
-            for mount in container.get("volumeMounts", []):
-                if mount["name"] not in volumes:
-                    problems.append(f"{name}/{container['name']}: no volume {mount['name']}")
-        for vol in spec.get("volumes", []):
-            for key, kind, field in (
-                ("configMap", "ConfigMap", "name"),
-                ("secret", "Secret", "secretName"),
-                ("persistentVolumeClaim", "PersistentVolumeClaim", "claimName"),
-            ):
-                if key in vol and (kind, vol[key][field]) not in defined:
-                    problems.append(f"{name}: {kind} {vol[key][field]} is not defined")
-    labels = [t["metadata"]["labels"] for t in workloads(docs).values()]
-    for doc in docs:
-        selector = None
-        if doc["kind"] == "Service":
-            selector = doc["spec"]["selector"]
-        elif doc["kind"] == "PodDisruptionBudget":
-            selector = doc["spec"]["selector"]["matchLabels"]
-        if selector is not None and not any(selector.items() <= p.items() for p in labels):
-            problems.append(f"{doc['kind']} {doc['metadata']['name']} selects no pod")
-    return problems
-
-
 def test_the_replicas_overlay_validates_against_the_pinned_version() -> None:
     docs = build()
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
@@ -142,7 +106,7 @@ def test_the_replicas_overlay_validates_against_the_pinned_version() -> None:
     assert ("PersistentVolumeClaim", "netshield-cas-state") not in kinds
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-    assert reference_problems(docs) == []
+    assert k8s_reference_problems(docs) == []
 
 
 def test_the_cas_runs_as_two_replicas_on_the_database_each_with_its_own_witness() -> None:
@@ -197,7 +161,7 @@ def test_the_patch_refuses_a_base_it_was_not_written_for() -> None:
     for doc in broken:
         if doc["kind"] == "PodDisruptionBudget":
             doc["spec"]["selector"]["matchLabels"] = {"app": "nothing"}
-    assert reference_problems(broken) == ["PodDisruptionBudget netshield-cas selects no pod"]
+    assert k8s_reference_problems(broken) == ["PodDisruptionBudget netshield-cas selects no pod"]
 
 
 # --- compose ------------------------------------------------------------------------------------

@@ -166,9 +166,7 @@ def test_crs_that_cannot_load_refuses_to_start_with_one_sentence(tmp_path: Path)
     assert "\n" not in message and "native service legacy" in message
     assert "apt-get install modsecurity-crs" in message
     (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "REQUEST-901-INITIALIZATION.conf").write_text(
-        "SecNoSuchDirective On\n"
-    )
+    (tmp_path / "rules" / "REQUEST-901-INITIALIZATION.conf").write_text("SecNoSuchDirective On\n")
     with pytest.raises(WafUnavailable) as broken:
         load_engine(replace(CRS, rules=tmp_path))
     assert "ModSecurity refused the rules" in str(broken.value)

@@ -38,6 +38,32 @@ CHECKPOINT_SELECT = (
 )
 
 
+def schema(*, seq: str, issued_order_column: str = "") -> str:
+    """The tables of schema version 1 in a backend's dialect: ``seq`` is its type for the audit
+    log's sequence numbers, ``issued_order_column`` an extra first column of ``issued`` that
+    orders certificates by insertion (none where the database has one, like SQLite's rowid)."""
+    return f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE nonces (digest TEXT PRIMARY KEY, expires_at TEXT NOT NULL, used_at TEXT);
+CREATE INDEX nonces_expiry ON nonces (expires_at);
+CREATE TABLE policies (
+    version INTEGER PRIMARY KEY, hash TEXT NOT NULL, text TEXT NOT NULL,
+    applied_at TEXT NOT NULL, actor TEXT NOT NULL, previous_hash TEXT);
+CREATE TABLE issued ({issued_order_column}
+    serial TEXT PRIMARY KEY, service TEXT NOT NULL, platform_id TEXT NOT NULL,
+    measurement TEXT NOT NULL, not_after TEXT NOT NULL, policy_version INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, issued_at TEXT NOT NULL, fingerprint TEXT NOT NULL);
+CREATE INDEX issued_service ON issued (service);
+CREATE TABLE revocations (
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, ts TEXT NOT NULL,
+    actor TEXT NOT NULL, note TEXT NOT NULL, service TEXT, platform_id TEXT,
+    UNIQUE (kind, target));
+CREATE TABLE audit (
+    seq {seq} PRIMARY KEY, ts TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+"""
+
+
 # Schema version -> the statements that bring a database of the version before to it. A new
 # database gets the backend's tables (version 1) and then every migration.
 MIGRATIONS: dict[int, tuple[str, ...]] = {

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from netshield.cas.store.model import state_error
-from netshield.cas.store.sql import SqlStateTx
+from netshield.cas.store.sql import SqlStateTx, schema
 
 T = TypeVar("T")
 
@@ -35,26 +35,7 @@ RESTORE_ADVICE = (
     "restore the newest copy of the state directory and never start the CAS on an old one"
 )
 
-SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE nonces (digest TEXT PRIMARY KEY, expires_at TEXT NOT NULL, used_at TEXT);
-CREATE INDEX nonces_expiry ON nonces (expires_at);
-CREATE TABLE policies (
-    version INTEGER PRIMARY KEY, hash TEXT NOT NULL, text TEXT NOT NULL,
-    applied_at TEXT NOT NULL, actor TEXT NOT NULL, previous_hash TEXT);
-CREATE TABLE issued (
-    serial TEXT PRIMARY KEY, service TEXT NOT NULL, platform_id TEXT NOT NULL,
-    measurement TEXT NOT NULL, not_after TEXT NOT NULL, policy_version INTEGER NOT NULL,
-    epoch INTEGER NOT NULL, issued_at TEXT NOT NULL, fingerprint TEXT NOT NULL);
-CREATE INDEX issued_service ON issued (service);
-CREATE TABLE revocations (
-    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, ts TEXT NOT NULL,
-    actor TEXT NOT NULL, note TEXT NOT NULL, service TEXT, platform_id TEXT,
-    UNIQUE (kind, target));
-CREATE TABLE audit (
-    seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-"""
+SCHEMA = schema(seq="INTEGER")  # INTEGER PRIMARY KEY: the rowid itself
 
 
 class SqliteTx(SqlStateTx):
