@@ -471,3 +471,24 @@ def test_a_sidecar_on_the_platform_service_names_the_socket_and_no_workload() ->
     config = parse(doc)
     assert config.platform.socket == BASE / "run/platform.sock"
     assert config.platform.in_process is None and config.workload is None
+
+
+def test_cas_url_may_list_the_replicas_of_one_cas_in_order() -> None:
+    urls = ["https://cas-1.internal:8443", "https://cas-2.internal:8443"]
+    config = parse(doc_with(**{"cas.url": urls}))
+    assert config.cas.urls == tuple(urls)
+    assert config.cas.url == urls[0]  # the preferred replica
+    assert parse(MINIMAL).cas.urls == ("https://127.0.0.1:8443",)  # one URL stays one
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "message"),
+    [
+        ([], "cas.url", "must not be empty"),
+        (["https://cas-1:8443", "http://cas-2:8443"], "cas.url[1]", "https://"),
+        ([8443], "cas.url[0]", "an https URL"),
+    ],
+)
+def test_a_bad_replica_list_names_the_entry(value: object, path: str, message: str) -> None:
+    found = problems(doc_with(**{"cas.url": value}))
+    assert message in found[path]
