@@ -78,8 +78,10 @@ class _Ctx:
     where: str = "policy"
 
     def config(self, key: str) -> None:
-        """The deciding key is in the sidecar's config, not the policy."""
-        self.clause, self.where = key, "sidecar config"
+        """The deciding key is in the sidecar's (or the in-process shield's) config, not the
+        policy."""
+        where = "shield config" if self.record.proxy == "in-process" else "sidecar config"
+        self.clause, self.where = key, where
 
     @property
     def decided_under(self) -> str:
@@ -241,6 +243,17 @@ def _destination_unknown(ctx: _Ctx) -> None:
 def _not_in_mesh(ctx: _Ctx) -> None:
     r = ctx.record
     dest = r.original_dst or r.dst
+    if r.proxy == "in-process":
+        ctx.say(
+            f"Denied: {dest} is not a mesh service, and no `outbound.destinations` rule of the "
+            "in-process shield passes it: the program's connection was refused at `connect`."
+        )
+        ctx.config("outbound.destinations")
+        ctx.change = (
+            f"list {dest} under `outbound.destinations` with `mode: unprotected` (plaintext), "
+            f"register it under `native_services`, or {ctx.current}"
+        )
+        return
     ctx.say(
         f"Denied: {dest} is not a mesh service, and transparent capture is strict: traffic "
         "leaves the host only as mutual TLS to a sidecar."
@@ -387,6 +400,33 @@ _handshake_timeout = _sidecar_limit(
     "limits.handshake_timeout",
     "Denied: the peer did not finish the TLS handshake in time",
     "check the peer (it may not be a sidecar) or raise `limits.handshake_timeout`",
+)
+
+
+_udp_not_protected = _sidecar_limit(
+    "outbound.destinations",
+    "Refused: the program sent a UDP datagram to {r.dst}, a mesh destination; mesh traffic is "
+    "mutual TLS over TCP, so the in-process shield sends no UDP there",
+    "send it over TCP (the mesh protects that), or to an address outside the mesh",
+)
+_listen_refused = _sidecar_limit(
+    "inbound.ports",
+    "Refused: the program tried to listen on a port the in-process shield's inbound rules refuse",
+    "list the port under `inbound.ports` with mode protected (mesh mTLS) or unprotected",
+)
+_shield_not_inherited = _sidecar_limit(
+    "",
+    "Refused: a process forked from the shielded one opened a socket; threads do not survive "
+    "fork, so it has no shield of its own",
+    "use multiprocessing's spawn start method with each worker under `netshield run`, or keep "
+    "networking in the parent process",
+)
+_extension_sockets = _sidecar_limit(
+    "c_extensions",
+    "Denied: a socket of the program was opened past Python's socket module (a C extension or "
+    "ctypes), where the in-process shield cannot protect it",
+    "use a pure-Python client for that service, run the program beside a sidecar with "
+    "transparent capture, or set `c_extensions: allow` to accept the plaintext",
 )
 
 
@@ -561,6 +601,10 @@ EXPLAINERS: dict[str, Explainer] = {
     "WAF_BLOCKED": _waf,
     Reason.HTTP_REFUSED: _http_refused,
     Reason.REQUEST_TIMEOUT: _request_timeout,
+    Reason.UDP_NOT_PROTECTED: _udp_not_protected,
+    Reason.LISTEN_REFUSED: _listen_refused,
+    Reason.SHIELD_NOT_INHERITED: _shield_not_inherited,
+    Reason.EXTENSION_SOCKETS: _extension_sockets,
 }
 """An explainer for every reason and close-reason code the data plane writes."""
 
