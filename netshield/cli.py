@@ -145,8 +145,25 @@ def _check_waf_routes(path: Path, config: Any) -> int:
     return 0
 
 
+def _check_quoting_config(path: Path, text: str) -> int:
+    """`config check` of a platform service config: its schema, its platform, its socket."""
+    from netshield.quoting.config import describe_rules, file_problems, parse_quoting_config
+
+    config = parse_quoting_config(text, source=str(path), base_dir=path.parent)
+    platform, problems = file_problems(config)
+    if problems or platform is None:
+        raise ConfigError(str(path), problems)
+    print(
+        f"{path}: valid platform service config: platform {platform.platform_id} "
+        f"(TCB level {platform.tcb_level}, debug {'on' if platform.debug else 'off'}), socket "
+        f"{config.socket} (mode {config.socket_mode:04o}), workloads: {describe_rules(config)}"
+    )
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from netshield.policy import parse_policy
+    from netshield.quoting.config import looks_like_quoting_config
     from netshield.schema import load_yaml
     from netshield.shield.config import load_shield_config, looks_like_shield_config
     from netshield.sidecar.config import detect_kind, file_problems, parse_sidecar_config
@@ -158,6 +175,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: cannot read ({err})") from None
     try:
         doc = load_yaml(text, str(path))
+        if looks_like_quoting_config(doc):
+            return _check_quoting_config(path, text)
         if looks_like_shield_config(doc):
             shield = load_shield_config(path)
             print(
@@ -429,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="configuration files")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = csub.add_parser(
-        "check", help="validate a policy or sidecar config file without starting anything"
+        "check",
+        help="validate a policy, a sidecar, shield or platform service config file without "
+        "starting anything",
     )
     q.add_argument("file")
     q.set_defaults(func=cmd_config_check)

@@ -12,6 +12,9 @@
 Guarantees: `parse_quoting_config` returns a `QuotingConfig` or raises `ConfigError` listing every
 problem by key path; it never touches the file system. Workload paths must be absolute (they
 are looked up inside each caller's root, never relative to anything of the caller's choosing).
+`looks_like_quoting_config` tells such a document from a sidecar config or a policy, and
+`file_problems` (which reads files) checks what `netshield config check` can check without
+starting the service: the platform directory loads and the socket's directory exists.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from netshield.attestation.platform import Platform, load_platform
 from netshield.attestation.workload import PATH, WORKLOAD_FIELDS, WorkloadConfig, build_workload
-from netshield.errors import ConfigError, Problem
+from netshield.errors import ConfigError, NetshieldError, Problem
 from netshield.schema import Field, Int, ListOf, Record, Str, load_yaml, validate
 
 UNIX_PATH_MAX = 107
@@ -167,3 +171,36 @@ def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
                 )
             )
     return problems
+
+
+def looks_like_quoting_config(doc: object) -> bool:
+    """Whether a parsed YAML document is meant as a platform service config: it names no
+    `service` (a sidecar's and a shield's do) and has `workloads` or `socket` at the top."""
+    return (
+        isinstance(doc, dict)
+        and "service" not in doc
+        and bool({"workloads", "socket"} & {k for k in doc if isinstance(k, str)})
+    )
+
+
+def file_problems(config: QuotingConfig) -> tuple[Platform | None, list[Problem]]:
+    """The platform the config names, loaded, and what is missing or broken on disk."""
+    problems: list[Problem] = []
+    platform = None
+    try:
+        platform = load_platform(config.platform)
+    except NetshieldError as err:
+        problems.append(Problem("platform", f"{err} (make one with `netshield platform init`)"))
+    if not config.socket.parent.is_dir():
+        problems.append(Problem("socket", f"no such directory: {config.socket.parent}"))
+    return platform, problems
+
+
+def describe_rules(config: QuotingConfig) -> str:
+    """The workload map in a few words: ``uid 10011: /workload; any other caller: /app``."""
+    parts = [
+        f"{'uid ' + str(rule.uid) if rule.uid is not None else 'any other caller'}: "
+        f"{rule.workload.path} ({' '.join(rule.workload.cmd)})"
+        for rule in config.workloads
+    ]
+    return "; ".join(parts)
