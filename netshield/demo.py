@@ -1,10 +1,12 @@
 """`netshield demo`: the whole shield on one machine, no Docker, narrated step by step.
 
-It makes a throwaway trust domain, starts the CAS and five sidecars as real processes (orders and
-frontend, the two confidential services the policy lets talk; intruder, a service the policy
-does not allow to call orders; a tampered build of orders; orders on a platform with old
-firmware) and plays what the shield guarantees: frontend reaches orders; intruder is denied;
-the tampered build and the old platform are refused at attestation; a replayed quote is refused;
+It makes a throwaway trust domain, starts the CAS, the host's platform service and five sidecars
+as real processes (orders and frontend, the two confidential services the policy lets talk;
+intruder, a service the policy does not allow to call orders, which quotes through the platform
+service; a tampered build of orders; orders on a platform with old firmware) and plays what
+the shield guarantees: frontend reaches orders; intruder is denied; the intruder's quote for
+orders measures its own workload and is refused, and so is a certificate it made itself; the
+tampered build and the old platform are refused at attestation; a replayed quote is refused;
 a revoked instance is cut off mid-connection; an SQL injection sent to inventory (a native HTTP
 service behind a WAF route) is blocked while a benign request passes; the CAS audit log
 verifies. Each step prints one line with what was expected and what was observed, read from the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -40,6 +43,7 @@ from netshield.attestation.quote import report_data_for
 from netshield.casclient import CasClient, CasRefused
 from netshield.errors import NetshieldError
 from netshield.identity import SpiffeId
+from netshield.intruder import attest_as, present_self_made
 from netshield.operator import admin_client, audit_online
 from netshield.pki.ca import load_ca
 from netshield.pki.csr import build_csr
@@ -354,6 +358,7 @@ class Stage:
     cas_url: str
     sidecars: dict[str, Child]
     admin_ports: dict[str, str]  # the admin listeners of the sidecars that never become ready
+    platform_socket: Path  # the host's platform service (the intruder's sidecar quotes there)
 
     @property
     def records(self) -> Path:
@@ -399,11 +404,23 @@ def _sidecar_config(
 ) -> Path:
     workload = sections.pop("workload", service)
     platform = sections.pop("platform", "p-current")
+    socket_path = sections.pop("platform_socket", None)
+    quoting: dict[str, Any] = (
+        {"platform": {"socket": str(socket_path)}}  # the host's platform measures the caller
+        if socket_path is not None
+        else {
+            "platform": {"in_process": str(base / "platforms" / platform)},
+            "workload": {"path": str(base / "workloads" / workload), "cmd": " ".join(ENTRY)},
+        }
+    )
     doc: dict[str, Any] = {
         "service": service,
-        "cas": {"url": cas_url, "ca": str(layout.cas_state / "mesh-ca.pem")},
-        "platform": {"in_process": str(base / "platforms" / platform)},
-        "workload": {"path": str(base / "workloads" / workload), "cmd": " ".join(ENTRY)},
+        "cas": {
+            "url": cas_url,
+            "ca": str(layout.cas_state / "mesh-ca.pem"),
+            "witness_file": str(base / "witness" / f"{name}.json"),
+        },
+        **quoting,
         "admin": {"listen": "127.0.0.1:0"},
         "records": {"file": str(base / "records" / f"{name}.jsonl")},
         "renewal": {"fraction": 0.5, "jitter": 0.1},
@@ -411,8 +428,33 @@ def _sidecar_config(
     }
     path = base / "config" / f"{name}.sidecar.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    (base / "witness").mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _platform_config(base: Path) -> tuple[Path, Path]:
+    """The host's platform service for the intruder's uid (this user): its workload map says
+    this uid runs the intruder's code, whatever a caller of that uid claims. (config, socket)"""
+    home = base.resolve()  # the platform measures only real paths, no symlink on the way
+    socket_path = home / "run" / "platform.sock"
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "platform": str(home / "platforms" / "p-current"),
+        "socket": str(socket_path),
+        "socket_mode": "0600",
+        "workloads": [
+            {
+                "uid": os.getuid(),
+                "path": str(home / "workloads" / "intruder"),
+                "cmd": " ".join(ENTRY),
+            }
+        ],
+    }
+    path = base / "config" / "platform.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path, socket_path
 
 
 async def _play(n: Narrator, base: Path, *, keep: bool) -> None:
@@ -434,31 +476,41 @@ async def _play(n: Narrator, base: Path, *, keep: bool) -> None:
             )
         )
         children = Children(base / "logs")
+        platform_config, platform_socket = _platform_config(base)
         try:
             async with orders_app() as app_address:
-                cas = await children.spawn(
-                    "cas",
-                    "cas",
-                    "serve",
-                    "--policy",
-                    str(layout.policy),
-                    "--state",
-                    str(layout.cas_state),
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--counter",
-                    str(base / "cas.counter"),
+                cas, _platform = await asyncio.gather(
+                    children.spawn(
+                        "cas",
+                        "cas",
+                        "serve",
+                        "--policy",
+                        str(layout.policy),
+                        "--state",
+                        str(layout.cas_state),
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--counter",
+                        str(base / "cas.counter"),
+                    ),
+                    children.spawn(
+                        "platform", "platform", "serve", "--config", str(platform_config)
+                    ),
                 )
                 assert cas.ready is not None
                 url = str(cas.ready["url"])
                 n.say(f"CAS running at {url}")
+                n.say(
+                    f"the host's platform service quotes on {platform_socket} (it measures its callers)"
+                )
                 stage = await _start_mesh(
-                    n, children, base, layout, url, orders_inbound, app_address
+                    n, children, base, layout, url, orders_inbound, app_address, platform_socket
                 )
                 await _data_plane_steps(n, stage)
-                await _attestation_refusal_steps(n, stage)
                 ca_pem = (layout.cas_state / "mesh-ca.pem").read_bytes()
                 async with CasClient(url, ssl_context=cas_client_context(ca_pem=ca_pem)) as client:
+                    await _intruder_steps(n, stage, client, measured)
+                    await _attestation_refusal_steps(n, stage)
                     await _replay_step(n, client, current, measured["orders"])
                 await _revocation_step(n, stage)
                 await _waf_step(n, stage, inventory_seen)
@@ -479,6 +531,7 @@ async def _start_mesh(
     url: str,
     orders_inbound: str,
     app_address: str,
+    platform_socket: Path,
 ) -> Stage:
     """Start the five sidecars at once; return when the three good ones are ready."""
     admin_ports = {"orders-tampered": f"127.0.0.1:{_free_port()}"}
@@ -505,7 +558,11 @@ async def _start_mesh(
             ),
             True,
         ),
-        ("intruder", config("intruder", "intruder", outbound=outbound), True),
+        (
+            "intruder",
+            config("intruder", "intruder", outbound=outbound, platform_socket=platform_socket),
+            True,
+        ),
         (
             "orders-tampered",
             config(
@@ -536,10 +593,11 @@ async def _start_mesh(
         )
     )
     sidecars = {name: child for (name, _p, _r), child in zip(specs, started, strict=True)}
-    stage = Stage(base, layout, url, sidecars, admin_ports)
+    stage = Stage(base, layout, url, sidecars, admin_ports, platform_socket)
     n.say(
         f"sidecars attested and ready: orders (inbound {orders_inbound} -> app {app_address}), "
-        f"frontend and intruder (outbound listeners to orders); frontend also has a WAF route "
+        f"frontend and intruder (outbound listeners to orders; the intruder's quote comes from "
+        f"the platform service); frontend also has a WAF route "
         f"to inventory, a native HTTP service without a sidecar, and an ingress WAF route "
         f"for native clients of orders"
     )
@@ -580,6 +638,38 @@ async def _data_plane_steps(n: Narrator, stage: Stage) -> None:
         "denied PEER_NOT_AUTHORIZED, no byte through",
         f"{len(answer)} bytes back; {record_words(rec, 'intruder')}",
         answer == b"" and rec is not None and rec.get("decision") == "deny",
+    )
+
+
+async def _intruder_steps(
+    n: Narrator, stage: Stage, cas: CasClient, measured: dict[str, str]
+) -> None:
+    """The intruder, holding its own service's uid, tries to become orders and frontend."""
+    tried = await attest_as(cas, stage.platform_socket, "orders", trust_domain=TRUST_DOMAIN)
+    got = tried.measurement or ""
+    whose = {m: name for name, m in measured.items()}.get(got, "nobody's")
+    n.step(
+        "intruder asks the host's platform service for a quote to attest as orders (orders' "
+        "measurement is public in the policy)",
+        "a quote of its own workload, refused MEASUREMENT_NOT_ALLOWED",
+        f"the platform measured {got[:16] or 'nothing'}… ({whose}; orders' is "
+        f"{measured['orders'][:16]}…); refused {tried.outcome}",
+        got == measured["intruder"] and tried.outcome == "MEASUREMENT_NOT_ALLOWED",
+    )
+    presented = await asyncio.to_thread(
+        present_self_made,
+        stage.sidecars["orders"].listen("inbound"),
+        trust_domain=TRUST_DOMAIN,
+        measurement=measured["frontend"],
+    )
+    rec = await wait_record(
+        stage.record_file("orders"), lambda r: r.get("reason") == "PEER_CERT_UNTRUSTED"
+    )
+    n.step(
+        "intruder presents a certificate for frontend from a CA of its own to orders",
+        "refused PEER_CERT_UNTRUSTED, no byte through",
+        f"{presented.detail}, {len(presented.got)} bytes back; {record_words(rec, 'orders')}",
+        presented.refused and rec is not None and rec.get("decision") == "deny",
     )
 
 
@@ -779,7 +869,9 @@ async def verify_audit(url: str, admin_dir: Path, attempts: int = 3) -> tuple[st
 
 async def _audit_step(n: Narrator, stage: Stage) -> None:
     verdict, ok = await verify_audit(stage.cas_url, stage.layout.admin_dir)
-    n.step("operator verifies the CAS audit log", "an intact hash chain", verdict, ok)
+    n.step(
+        "operator verifies the CAS audit log", "an intact hash chain the CAS signed", verdict, ok
+    )
 
 
 def _print_logs(n: Narrator, stage: Stage) -> None:

@@ -16,12 +16,14 @@ import pytest
 
 from netshield.casclient import CasRefused
 from netshield.demo import Narrator, expect_refusal, read_records
+from tests.demo_readme import block, readme_block, workdir_of
 from tests.support import netshield_cmd
 
 pytestmark = pytest.mark.slow
 
 CODES = (
     "PEER_NOT_AUTHORIZED",
+    "PEER_CERT_UNTRUSTED",
     "MEASUREMENT_NOT_ALLOWED",
     "TCB_OUT_OF_DATE",
     "NONCE_REUSED",
@@ -46,7 +48,7 @@ def test_demo_plays_every_step_with_real_processes_in_under_a_minute(tmp_path: P
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert took < 60, took
     steps = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert len(steps) == 9 and all(line.startswith("[ok]") for line in steps), steps
+    assert len(steps) == 11 and all(line.startswith("[ok]") for line in steps), steps
     assert all("expected" in line and "observed" in line for line in steps)
     for code in CODES:
         assert code in proc.stdout, code
@@ -67,6 +69,16 @@ def test_demo_plays_every_step_with_real_processes_in_under_a_minute(tmp_path: P
     assert "OWASP CRS 3.3.4" in proc.stdout
     intruder = records(recs / "intruder.jsonl")
     assert [r["reason"] for r in intruder if r["decision"] == "deny"] == ["PEER_NOT_AUTHORIZED"]
+    # the intruder's attempts of its own: a quote through the host's platform service measured
+    # its own workload (and its sidecar attested that way), a self-made certificate was refused
+    assert re.search(r"the platform measured [0-9a-f]{16}… \(intruder; orders' is", proc.stdout)
+    assert any(r["decision"] == "deny" and r["reason"] == "PEER_CERT_UNTRUSTED" for r in orders), (
+        orders
+    )
+    platform_log = (tmp_path / "demo" / "logs" / "platform.log").read_text()
+    assert platform_log.count("quoted for pid") >= 2, platform_log  # the sidecar's, the attempt
+    # every sidecar kept its witness of the CAS's newest signed checkpoint
+    assert json.loads((tmp_path / "demo" / "witness" / "orders.json").read_text())["checkpoint"]
     # nothing is left running: every child process was stopped
     url = re.search(r"CAS running at (\S+)", proc.stdout)
     assert url is not None
@@ -77,15 +89,17 @@ def test_demo_plays_every_step_with_real_processes_in_under_a_minute(tmp_path: P
 
 
 def test_without_dir_the_throwaway_trust_domain_is_deleted_but_the_records_stay() -> None:
+    """As `./scripts/demo` runs it; its output is the README's demo block."""
     proc = subprocess.run(netshield_cmd("demo"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    work = Path(proc.stdout.split("work directory: ")[1].split("\n")[0])
+    work = Path(workdir_of(proc.stdout))
     try:
         assert not (work / "trust-domain").exists()  # the mesh CA key and the operator key
         assert not list(work.rglob("*.key"))
         assert read_records(work / "records" / "orders.jsonl")
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=True)
+    assert readme_block() == block(proc.stdout), "regenerate with: python -m tests.demo_readme"
 
 
 def test_a_step_that_misbehaves_fails_the_demo() -> None:
@@ -162,3 +176,17 @@ def test_keep_running_leaves_the_mesh_up_until_interrupted(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_readme_block_masks_only_what_changes_between_runs() -> None:
+    out = (
+        "work directory: /tmp/netshield-demo-ab12\n"
+        "[ok]    8. revoke (serial 9f0a): observed 0.12 s; (conn 01abc) 127.0.0.1:4321; "
+        "intact: 16 entries; measured 3f9d2788c49673dd…\n"
+    )
+    assert block(out) == (
+        "```\n$ ./scripts/demo\nwork directory: /tmp/netshield-demo-XXXX\n"
+        "[ok]    8. revoke (serial SERIAL): observed N.NN s; (conn ID) 127.0.0.1:PORT; "
+        "intact: N entries; measured HASH…\n```"
+    )
+    assert block(out.replace("revoke", "revoked")) != block(out)  # a changed step shows

@@ -21,11 +21,7 @@ import asyncio
 import json
 import os
 import re
-import socket
-import ssl
 import sys
-import tempfile
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 SKIP = ("/proc", "/sys", "/dev")
@@ -79,59 +75,21 @@ async def attest_as(service: str, platform_socket: Path = PLATFORM_SOCKET) -> st
     """Ask the host's platform for a quote and attest as `service`: OK or the reason code."""
     if not platform_socket.exists():
         return "no platform socket"
-    from netshield.agent.attest import attest
     from netshield.casclient import CasClient
-    from netshield.errors import NetshieldError
-    from netshield.quoting.client import PlatformSocket
+    from netshield.intruder import attest_as as attempt
     from netshield.tls.material import cas_client_context
 
     ctx = cas_client_context(ca_pem=MESH_CA.read_bytes())
-    try:
-        async with CasClient(CAS_URL, ssl_context=ctx) as cas:
-            await attest(cas, PlatformSocket(platform_socket), service, trust_domain=TRUST_DOMAIN)
-    except NetshieldError as err:
-        return err.reason.value
-    return "OK"
+    async with CasClient(CAS_URL, ssl_context=ctx) as cas:
+        tried = await attempt(cas, platform_socket, service, trust_domain=TRUST_DOMAIN)
+    return tried.outcome
 
 
 def mint_and_present(identity: str = "frontend") -> str:
     """A certificate for `identity` from a self-made CA, presented to orders' sidecar."""
-    from cryptography.hazmat.primitives import serialization
+    from netshield.intruder import present_self_made
 
-    from netshield.identity import SpiffeId
-    from netshield.pki.ca import create_root_ca, issue_certificate
-    from netshield.pki.certext import AttestationClaims
-    from netshield.pki.keys import generate_key, private_key_pem
-
-    now = datetime.now(UTC)
-    rogue = create_root_ca("intruder's own CA", now=now)
-    key = generate_key()
-    cert = issue_certificate(
-        rogue,
-        public_key=key.public_key(),
-        spiffe_id=SpiffeId.for_service(TRUST_DOMAIN, identity),
-        now=now,
-        lifetime=timedelta(hours=24),
-        claims=AttestationClaims("a" * 64, 1, 99, "p-current"),
-    )
-    work = Path(tempfile.mkdtemp())
-    (work / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (work / "k.pem").write_bytes(private_key_pem(key))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the intruder does not care who answers
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.load_cert_chain(work / "c.pem", work / "k.pem")
-    host, port = ORDERS_SIDECAR.rsplit(":", 1)
-    try:
-        with (
-            socket.create_connection((host, int(port)), timeout=10) as raw,
-            ctx.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            tls.sendall(b"GET / HTTP/1.0\r\nHost: orders\r\n\r\n")
-            got = tls.recv(65536)
-    except (OSError, ssl.SSLError) as err:
-        return f"refused ({type(err).__name__})"
-    return f"accepted: {got[:40]!r}" if got else "refused (closed)"
+    return present_self_made(ORDERS_SIDECAR, trust_domain=TRUST_DOMAIN, service=identity).detail
 
 
 def main() -> int:

@@ -17,18 +17,15 @@ import functools
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
-from cryptography.hazmat.primitives import serialization
 
 from netshield.demo import (
     Narrator,
@@ -39,11 +36,8 @@ from netshield.demo import (
     wait_reattested,
     wait_record,
 )
-from netshield.identity import SpiffeId
+from netshield.intruder import present_self_made
 from netshield.operator import admin_client
-from netshield.pki.ca import create_root_ca, issue_certificate
-from netshield.pki.certext import AttestationClaims
-from netshield.pki.keys import generate_key, private_key_pem
 from netshield.trustdomain import load_admin
 
 RECORDS = Path("/records")  # the `records` volume
@@ -292,36 +286,9 @@ def plaintext_attempt() -> str:
     return f"plaintext to {ORDERS_SIDECAR}: {len(got)} bytes came back ({got[:40]!r})"
 
 
-def self_made_certificate_attempt(work: Path) -> str:
-    now = datetime.now(UTC)
-    rogue = create_root_ca("attacker's own CA", now=now)
-    key = generate_key()
-    cert = issue_certificate(
-        rogue,
-        public_key=key.public_key(),
-        spiffe_id=SpiffeId.for_service(TRUST_DOMAIN, "frontend"),
-        now=now,
-        lifetime=timedelta(hours=1),
-        claims=AttestationClaims("a" * 64, 1, 1, "p-current"),
-    )
-    (work / "rogue.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (work / "rogue.key").write_bytes(private_key_pem(key))
-    ctx = ssl.create_default_context(cafile=str(MESH_CA))
-    ctx.check_hostname = False
-    ctx.load_cert_chain(work / "rogue.pem", work / "rogue.key")
-    host, port = ORDERS_SIDECAR.rsplit(":", 1)
-    got = b""
-    try:
-        with (
-            socket.create_connection((host, int(port)), timeout=10) as raw,
-            ctx.wrap_socket(raw, server_hostname=host) as s,
-        ):
-            s.sendall(b"GET / HTTP/1.0\r\nHost: orders\r\n\r\n")
-            while chunk := s.recv(65536):
-                got += chunk
-    except (OSError, ssl.SSLError) as err:
-        return f"a self-made 'frontend' certificate: refused ({type(err).__name__})"
-    return f"a self-made 'frontend' certificate: {len(got)} bytes came back"
+def self_made_certificate_attempt() -> str:
+    presented = present_self_made(ORDERS_SIDECAR, trust_domain=TRUST_DOMAIN)
+    return f"a self-made 'frontend' certificate: {presented.detail}"
 
 
 def refused_sidecar(work: Path, name: str, platform_socket: Path, port: int) -> str:
@@ -389,7 +356,7 @@ def attack() -> int:
     keys = readable_private_keys()
     say(f"attacker: private keys readable in this container: {keys or 'none'}")
     say(f"attacker: {plaintext_attempt()}")
-    say(f"attacker: {self_made_certificate_attempt(work)}")
+    say(f"attacker: {self_made_certificate_attempt()}")
     current, old = Path("/run/netshield/platform.sock"), Path("/run/netshield-old/platform.sock")
     tampered = refused_sidecar(work, "tampered-orders", current, 15010)
     say(f"attacker: {tampered}")
