@@ -9,8 +9,9 @@ located by its key path:
 ``services.orders.measurements[0]: not a sha256 digest (expected 64 hex characters)``.
 
 Guarantees: `load_yaml` raises only `ConfigError` (a syntax error is one line with its line and
-column); `validate` never raises for any value `load_yaml` can produce; unknown keys are problems
-with a did-you-mean; explicit ``null`` for an optional key means "use the default".
+column), and so does `read_config_file` (a file that cannot be read); `validate` never raises
+for any value `load_yaml` can produce; unknown keys are problems with a did-you-mean; explicit
+``null`` for an optional key means "use the default".
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -371,6 +373,16 @@ class _SafeLoader(yaml.SafeLoader):
 
 def _at(mark: yaml.Mark | None) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+
+
+def read_config_file(path: Path) -> bytes:
+    """The bytes of the config file at `path`; ConfigError naming it if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            str(path), [Problem("", f"cannot read ({err.strerror or err})")]
+        ) from None
 
 
 def load_yaml(text: str | bytes, source: str) -> object:

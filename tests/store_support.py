@@ -12,7 +12,7 @@ import json
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +160,30 @@ def rewrite_from(conn: Any, seq: int) -> tuple[int, str]:
 def write_counter(path: Path, seq: int, head: str) -> None:
     """Set a monotonic counter file to ``(seq, head)``, as an adversary who can write it would."""
     path.write_text(json.dumps({"format": COUNTER_FORMAT, "seq": seq, "head": head}))
+
+
+POLICY = "trust_domain: example.org\n"
+
+
+def record_cert(store: CasStore, serial: int, *, now: datetime) -> None:
+    """Record an issued certificate for orders on platform p2 (policy version 1, epoch 1)."""
+    store.record_issued(
+        serial=serial,
+        service="orders",
+        platform_id="p2",
+        measurement="ab" * 32,
+        not_after=now + timedelta(minutes=10),
+        policy_version=1,
+        epoch=1,
+        now=now,
+        fingerprint="cd" * 32,
+    )
+
+
+def populate(store: CasStore, *, now: datetime, events: int = 4) -> None:
+    """Entries: policy (2), platform revocation (3), issued cert 2a (4), then plain events."""
+    store.apply_policy(POLICY, previous_hash=None, now=now, actor="alice")
+    store.revoke(kind="platform", target="p1", now=now, actor="alice")
+    record_cert(store, 0x2A, now=now)
+    for i in range(events):
+        store.audit("test.event", {"i": i}, now=now + timedelta(seconds=i))

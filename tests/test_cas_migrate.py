@@ -4,7 +4,7 @@ a SQLite state moved into PostgreSQL with its audit chain, its state id and its 
 from __future__ import annotations
 
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,11 +14,10 @@ from netshield.cas.store import SCHEMA_VERSION, CasStore
 from netshield.errors import StateError
 from netshield.reasons import Reason
 from tests.pg_support import PgCluster
-from tests.store_support import Backing
+from tests.store_support import POLICY, Backing, record_cert
 from tests.support import netshield_cmd
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-POLICY = "trust_domain: example.org\n"
 
 
 @pytest.fixture(autouse=True)
@@ -34,17 +33,7 @@ def populate(store: CasStore) -> None:
     store.apply_policy(POLICY, previous_hash=None, now=T0, actor="alice")
     store.revoke(kind="platform", target="p1", now=T0, actor="alice")
     for serial in (0x2A, 0x2B):
-        store.record_issued(
-            serial=serial,
-            service="orders",
-            platform_id="p2",
-            measurement="ab" * 32,
-            not_after=T0 + timedelta(minutes=10),
-            policy_version=1,
-            epoch=1,
-            now=T0,
-            fingerprint="cd" * 32,
-        )
+        record_cert(store, serial, now=T0)
     store.revoke(kind="instance", target="2b", now=T0, actor="alice")
 
 

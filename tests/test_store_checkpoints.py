@@ -20,10 +20,10 @@ from netshield.errors import StateError
 from netshield.pki.ca import CertificateAuthority, create_root_ca
 from netshield.pki.checkpoint import Checkpoint, CheckpointSigner, verify_checkpoint
 from netshield.reasons import Reason
-from tests.store_support import Backing, rewrite_from, write_counter
+from tests.store_support import POLICY, Backing, rewrite_from, write_counter
+from tests.store_support import populate as fill
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-POLICY = "trust_domain: example.org\n"
 TD = "example.org"
 
 
@@ -55,21 +55,7 @@ def offline(b: Backing) -> dict[str, Any]:
 def populate(b: Backing, mesh: CertificateAuthority) -> None:
     """Entries: create (1), policy (2), revocation (3), issued (4), then events 5..8."""
     with open_signed(b, mesh) as store:
-        store.apply_policy(POLICY, previous_hash=None, now=T0, actor="alice")
-        store.revoke(kind="platform", target="p1", now=T0, actor="alice")
-        store.record_issued(
-            serial=0x2A,
-            service="orders",
-            platform_id="p2",
-            measurement="ab" * 32,
-            not_after=T0 + timedelta(minutes=10),
-            policy_version=1,
-            epoch=1,
-            now=T0,
-            fingerprint="cd" * 32,
-        )
-        for i in range(4):
-            store.audit("test.event", {"i": i}, now=T0 + timedelta(seconds=i))
+        fill(store, now=T0)
 
 
 def set_counter(b: Backing, seq: int, head: str) -> None:

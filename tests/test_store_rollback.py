@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from netshield.cas.store import CasStore, read_audit_offline, verify_state
 from netshield.errors import StateError
 from netshield.reasons import Reason
 from tests.store_support import Backing
+from tests.store_support import populate as fill
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-POLICY = "trust_domain: example.org\n"
 RESTORE = {
     "sqlite": "restore the newest copy of the state directory",
     "postgres": "restore the newest dump of the database",
@@ -59,21 +59,7 @@ def offline(b: Backing) -> dict[str, Any]:
 def populate(b: Backing, events: int = 4) -> None:
     """State: policy (entry 2), platform revocation (3), issued cert (4), then plain events."""
     with open_store(b) as store:
-        store.apply_policy(POLICY, previous_hash=None, now=T0, actor="alice")
-        store.revoke(kind="platform", target="p1", now=T0, actor="alice")
-        store.record_issued(
-            serial=0x2A,
-            service="orders",
-            platform_id="p2",
-            measurement="ab" * 32,
-            not_after=T0 + timedelta(minutes=10),
-            policy_version=1,
-            epoch=1,
-            now=T0,
-            fingerprint="cd" * 32,
-        )
-        for i in range(events):
-            store.audit("test.event", {"i": i}, now=T0 + timedelta(seconds=i))
+        fill(store, now=T0, events=events)
 
 
 def refused(b: Backing, **kwargs: bool) -> StateError:

@@ -26,7 +26,7 @@ from typing import Any
 from netshield.attestation.platform import Platform, load_platform
 from netshield.attestation.workload import PATH, WORKLOAD_FIELDS, WorkloadConfig, build_workload
 from netshield.errors import ConfigError, NetshieldError, Problem
-from netshield.schema import Field, Int, ListOf, Record, Str, load_yaml, validate
+from netshield.schema import Field, Int, ListOf, Record, Str, load_yaml, read_config_file, validate
 
 UNIX_PATH_MAX = 107
 _UID_MAX = 2**32 - 2
@@ -122,12 +122,7 @@ def parse_quoting_config(
 
 def load_quoting_config(path: Path) -> QuotingConfig:
     """Read and parse the config file at `path`."""
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(
-            str(path), [Problem("", f"cannot read ({err.strerror or err})")]
-        ) from None
+    text = read_config_file(path)
     return parse_quoting_config(text, source=str(path), base_dir=path.parent)
 
 

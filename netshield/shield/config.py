@@ -49,6 +49,7 @@ from netshield.schema import (
     Spec,
     Str,
     load_yaml,
+    read_config_file,
     validate,
 )
 from netshield.sidecar.config import (
@@ -344,12 +345,7 @@ def looks_like_shield_config(doc: object) -> bool:
 
 def load_shield_config(path: Path) -> ShieldConfig:
     """Read, parse and check the config at `path`, including that the files it names exist."""
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(
-            str(path), [Problem("", f"cannot read ({err.strerror or err})")]
-        ) from None
+    text = read_config_file(path)
     config = parse_shield_config(text, source=str(path), base_dir=path.parent)
     problems = file_problems(config.sidecar_view(config.workload.path or path.parent, ()))
     if problems:

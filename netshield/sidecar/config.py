@@ -47,6 +47,7 @@ from netshield.schema import (
     describe,
     host_port_problem,
     load_yaml,
+    read_config_file,
     validate,
 )
 from netshield.sidecar.wafconfig import (
@@ -539,12 +540,7 @@ def parse_sidecar_config(
 
 def load_sidecar_config(path: Path) -> SidecarConfig:
     """Read, parse and check the config at `path`, including that the files it names exist."""
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(
-            str(path), [Problem("", f"cannot read ({err.strerror or err})")]
-        ) from None
+    text = read_config_file(path)
     config = parse_sidecar_config(text, source=str(path), base_dir=path.parent)
     problems = file_problems(config)
     if problems:
