@@ -11,7 +11,8 @@ passed as ``expected_head``) catches that.
 Guarantees: `entry_hash` is a deterministic function of the five fields (key order, whitespace
 and non-ASCII text never change it); `make_entry` stores ``data`` exactly as it will read back
 from JSON, so an entry survives a JSON round trip with the same hash. The chain is unkeyed: it
-proves the log is intact relative to a trusted head, not who wrote it.
+proves the log is intact relative to a trusted head, not who wrote it; the checkpoints the CAS
+signs over every head (`pki.checkpoint`, checked by `store.integrity`) say that.
 """
 
 from __future__ import annotations
