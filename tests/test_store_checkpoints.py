@@ -16,10 +16,12 @@ import pytest
 from netshield.cas.counter import MonotonicCounter
 from netshield.cas.store import CasStore, read_audit_offline, verify_state
 from netshield.cas.store.integrity import witnessed_problems
+from netshield.cas.store.migrate import copy_state
 from netshield.errors import StateError
 from netshield.pki.ca import CertificateAuthority, create_root_ca
 from netshield.pki.checkpoint import Checkpoint, CheckpointSigner, verify_checkpoint
 from netshield.reasons import Reason
+from tests.pg_support import PgCluster
 from tests.store_support import POLICY, Backing, rewrite_from, write_counter
 from tests.store_support import populate as fill
 
@@ -248,3 +250,31 @@ def test_entries_of_offline_tools_may_follow_the_newest_checkpoint(
         store.revoke(kind="platform", target="p1", now=T0, actor="alice")
     err = refused(backing, mesh)
     assert "audit entry 3 has no signed checkpoint: written without" in str(err)
+
+
+def test_a_signed_state_moved_into_postgresql_keeps_the_checkpoints_sidecars_remember(
+    tmp_path: Path, mesh: CertificateAuthority, pg_cluster: PgCluster, pg_schema: str
+) -> None:
+    """`cas migrate --from-state` has no checkpoint key: it carries the CAS's checkpoints over,
+    so the moved state opens signed and a sidecar's witness of an old entry still matches."""
+    source = Backing("sqlite", tmp_path / "sqlite")
+    target = Backing("postgres", tmp_path / "pg", pg_cluster, pg_schema)
+    populate(source, mesh)
+    with open_signed(source, mesh) as store:
+        seen = store.checkpoint(5)
+    assert seen is not None
+    moved = copy_state(
+        source.state_dir,
+        database=target.url,
+        password=pg_cluster.password,
+        counter=counter(source),
+        now=T0,
+    )
+    moved.close()
+    with target.open(now=T0, counter=counter(source), signer=CheckpointSigner(mesh, TD)) as store:
+        assert store.verify_audit() == []
+        assert store.checkpoint(5) == seen  # the one a sidecar may remember
+        assert store.audit_entries()[-1].event == "state.migrate"
+        store.audit("test.event", {"after": "move"}, now=T0)  # signed from now on
+        newest = store.checkpoint()
+        assert newest is not None and newest.checkpoint.seq == store.audit_head().seq
