@@ -261,3 +261,17 @@ def test_sidecars_refuse_a_cas_restored_with_its_counter(tmp_path: Path) -> None
         assert "presents its newest history again" in frontend.stderr()
     finally:
         mesh.stop_all()
+
+
+def test_a_witness_file_that_cannot_be_written_is_logged_and_memory_goes_on(
+    tmp_path: Path, mesh_ca: CertificateAuthority, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = tmp_path / "gone" / "witness.json"  # its directory does not exist
+    witness, signer = bound(mesh_ca, gone)
+    witness.remember(signer.sign(cp(3)))
+    witness.remember(signer.sign(cp(4)))
+    assert witness.seen == cp(4)
+    assert caplog.text.count("cannot write") == 1  # once, not per checkpoint
+    gone.parent.mkdir()
+    witness.remember(signer.sign(cp(5)))  # the twin: writable again
+    assert CasWitness.load(gone).seen == cp(5) and "written again" in caplog.text

@@ -16,12 +16,14 @@ trust domain is known. A sidecar on a fresh CAS state on purpose needs its file 
 
 Guarantees: the remembered checkpoint never goes back; a malformed or unreadable witness file,
 or one whose checkpoint does not verify, is a `NetshieldError` naming the file at start, never
-silently ignored (the witness would otherwise forget).
+silently ignored (the witness would otherwise forget); a file that cannot be written later is
+logged once and the memory goes on witnessing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from netshield.pki.checkpoint import Checkpoint, CheckpointError, SignedCheckpoi
 from netshield.reasons import Reason
 
 WITNESS_FORMAT = "netshield-witness/1"
+
+log = logging.getLogger("netshield.agent")
 
 Verify = Callable[[SignedCheckpoint], Checkpoint]
 NOT_ASKED: object = object()  # `CasWitness.check` without the fork check (attestation answers)
@@ -86,6 +90,7 @@ class CasWitness:
     path: Path | None = None
     signed: SignedCheckpoint | None = None
     _verify: Verify | None = None
+    _write_failed: bool = False
 
     @property
     def seen(self) -> Checkpoint | None:
@@ -141,11 +146,26 @@ class CasWitness:
         if seen is not None and signed.checkpoint.seq <= seen.seq:
             return
         self.signed = signed
-        if self.path is not None:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            doc = {"format": WITNESS_FORMAT, "checkpoint": signed.to_json()}
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        doc = {"format": WITNESS_FORMAT, "checkpoint": signed.to_json()}
+        try:
             tmp.write_text(json.dumps(doc, sort_keys=True) + "\n", encoding="utf-8")
             os.replace(tmp, self.path)
+        except OSError as err:  # the memory still holds it; the file will be behind
+            if not self._write_failed:
+                log.error(
+                    "cas.witness_file %s: cannot write (%s); the witness is kept in memory only "
+                    "until the file can be written again",
+                    self.path,
+                    err.strerror or err,
+                )
+            self._write_failed = True
+        else:
+            if self._write_failed:
+                log.warning("cas.witness_file %s: written again", self.path)
+            self._write_failed = False
 
     def _verified(self, doc: object, what: str) -> SignedCheckpoint:
         if self._verify is None:
