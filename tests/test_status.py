@@ -128,6 +128,16 @@ def test_render_says_what_is_wrong_when_things_are_wrong() -> None:
     )
     assert "ready         NO: not ready: NO_CREDENTIALS" in text
     assert "identity      none" in text and "CAS           NOT reachable" in text
+    assert "witness" not in text  # nothing seen yet
+    refused = {
+        **agent,
+        "cas_reachable": True,
+        "cas_refused": "CAS_ROLLED_BACK: the CAS's signed audit head is entry 6, but ...",
+        "checkpoint_seen": 7,
+    }
+    text = "\n".join(render(snapshot(status={"service": "orders", "agent": refused}), NOW))
+    assert "CAS           reachable, its history REFUSED: CAS_ROLLED_BACK: the CAS's" in text
+    assert "witness       newest signed checkpoint seen: audit entry 7" in text
     assert "last renewal  never" in text and "last error    CAS at https://x unreachable" in text
     expired = snapshot(
         identity={"serial": "1", "not_after": (NOW - timedelta(seconds=5)).isoformat()}

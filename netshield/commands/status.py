@@ -184,9 +184,14 @@ def render(snap: Snapshot, now: datetime) -> list[str]:
             f"{identity.get('epoch')} (min epoch {agent.get('min_epoch', '?')})"
         )
     reachable = agent.get("cas_reachable")
-    out.append(
-        f"  CAS           {'reachable' if reachable else 'NOT reachable' if reachable is False else '?'}"
-    )
+    cas = "reachable" if reachable else "NOT reachable" if reachable is False else "?"
+    if agent.get("cas_refused"):  # "CAS_ROLLED_BACK: the CAS's signed audit head is ..."
+        cas += f", its history REFUSED: {agent['cas_refused']}"
+    out.append(f"  CAS           {cas}")
+    if agent.get("checkpoint_seen") is not None:
+        out.append(
+            f"  witness       newest signed checkpoint seen: audit entry {agent['checkpoint_seen']}"
+        )
     out.append(f"  last renewal  {_ago(agent.get('last_renewal'), now)}")
     nxt = _when(agent.get("next_renewal"))
     if nxt is not None:
