@@ -439,6 +439,8 @@ def main() -> int:
         info = machine(env, list(setups.values()))
         results = measure(args, env, nsload, backend, setups, workloads)
         print(f"  measured after {time.monotonic() - began:.0f} s", file=sys.stderr)
+        info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        info["duration"] = f"{time.monotonic() - began:.0f} s"
         for label, setup in setups.items():
             for side, proc in setup.processes().items():
                 if not proc.alive():
