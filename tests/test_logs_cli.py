@@ -282,11 +282,21 @@ def test_follow_without_from_start_prints_only_new_records(log: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
-    with RecordSink(log) as sink:
-        sink.write(rec(99))
     assert follower.stdout is not None
-    first = follower.stdout.readline()
-    follower.send_signal(signal.SIGTERM)
-    follower.wait(timeout=10)
+    # The follower may start after a first write (a busy host): append new records until one
+    # comes out (bounded), never an old one.
+    sel = selectors.DefaultSelector()
+    sel.register(follower.stdout, selectors.EVENT_READ)
+    first = ""
+    deadline = time.monotonic() + 60
+    try:
+        with RecordSink(log) as sink:
+            while not first and time.monotonic() < deadline:
+                sink.write(rec(99))
+                if sel.select(timeout=1.0):
+                    first = follower.stdout.readline()
+    finally:
+        sel.close()
+        follower.send_signal(signal.SIGTERM)
+        follower.wait(timeout=10)
     assert json.loads(first)["conn_id"] == "c00099"
