@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from netshield.tls.clienthello import MAX_FIRST_RECORD, offers_psk
 from netshield.tls.contexts import build_contexts
 from netshield.tls.endpoint import TlsEndpoint
-from tests.test_tls_pki import Pki, pump_pair
+from tests.test_tls_pki import Pki
+from tests.test_tls_resumption import connect
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +20,7 @@ def hellos() -> tuple[bytes, bytes]:
     pki = Pki()
     orders = build_contexts(pki.creds("orders"), resumption=True)
     frontend = build_contexts(pki.creds("frontend"), resumption=True)
-    s = TlsEndpoint(orders.server, server_side=True)
-    c = TlsEndpoint(frontend.client, server_side=False, watch_tickets=True)
-    pump_pair(s, c)
-    c.send(b"x")
-    s.receive(c.outgoing())
-    s.send(b"y")
-    c.decrypt(s.outgoing())
+    _s, c = connect(orders, frontend)
     assert c.new_session is not None
     fresh = TlsEndpoint(frontend.client, server_side=False)
     fresh.start()

@@ -14,6 +14,7 @@ from netshield.tls.contexts import TlsContexts, build_contexts
 from netshield.tls.endpoint import TlsEndpoint
 from netshield.tls.sessions import SessionOffer, session_offer
 from tests.test_tls_pki import Pki, pump_pair
+from tests.test_tls_resumption import connect
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +35,7 @@ def offer() -> SessionOffer:
 
 def _ticket_from_aborted_connection(mesh: tuple[TlsContexts, TlsContexts]) -> ssl.SSLSession:
     """A ticket read from a live client connection that is then dropped without a TLS close."""
-    orders, frontend = mesh
-    s = TlsEndpoint(orders.server, server_side=True)
-    c = TlsEndpoint(frontend.client, server_side=False)
-    pump_pair(s, c)
-    c.send(b"ping")
-    s.receive(c.outgoing())
-    s.send(b"pong")
-    c.decrypt(s.outgoing())
+    s, c = connect(*mesh)
     session = c._ssl.session  # the getter shares the live connection's session
     assert session is not None and session.has_ticket
     del s, c
@@ -75,15 +69,8 @@ def test_a_detached_session_resumes_after_its_connection_ended_without_a_tls_clo
     shared = _ticket_from_aborted_connection(mesh)
     # the twin: the shared session itself is marked unusable by the abort
     assert not _resumes(mesh, offer, shared)
-    _orders, frontend = mesh
     # detaching right away (as TlsEndpoint does when the ticket arrives) keeps it usable
-    s = TlsEndpoint(mesh[0].server, server_side=True)
-    c = TlsEndpoint(frontend.client, server_side=False, watch_tickets=True)
-    pump_pair(s, c)
-    c.send(b"ping")
-    s.receive(c.outgoing())
-    s.send(b"pong")
-    c.decrypt(s.outgoing())
+    s, c = connect(*mesh)
     kept = c.new_session
     assert kept is not None
     del s, c
@@ -96,13 +83,7 @@ def test_an_offered_session_resumes_with_the_same_authorized_peer(
     mesh: tuple[TlsContexts, TlsContexts],
 ) -> None:
     orders, frontend = mesh
-    s1 = TlsEndpoint(orders.server, server_side=True)
-    c1 = TlsEndpoint(frontend.client, server_side=False, peers=frontend.peers, watch_tickets=True)
-    pump_pair(s1, c1)
-    c1.send(b"x")
-    s1.receive(c1.outgoing())
-    s1.send(b"y")
-    c1.decrypt(s1.outgoing())
+    _s1, c1 = connect(orders, frontend)
     assert c1.new_session is not None
     s2 = TlsEndpoint(orders.server, server_side=True)
     c2 = TlsEndpoint(
