@@ -22,7 +22,7 @@ from datetime import datetime
 
 from netshield.authz import ConnDecision, authorize_inbound, may_call_decision
 from netshield.identity import SpiffeId
-from netshield.logs.parties import Parties, expected_service, parties, service_of
+from netshield.logs.parties import Parties, expected_service, host_of, parties, service_of
 from netshield.logs.table import human_bytes, human_duration
 from netshield.pki.ca import CLOCK_SKEW
 from netshield.pki.certext import AttestationClaims
@@ -399,7 +399,29 @@ _connection_limit = _sidecar_limit(
 _handshake_timeout = _sidecar_limit(
     "limits.handshake_timeout",
     "Denied: the peer did not finish the TLS handshake in time",
-    "check the peer (it may not be a sidecar) or raise `limits.handshake_timeout`",
+    "check the peer (it may not be a sidecar) or raise `limits.handshake_timeout`; under a "
+    "flood of pending handshakes the deadline shrinks to `limits.handshake_timeout_min`",
+)
+_handshake_shed = _sidecar_limit(
+    "limits.max_handshakes",
+    "Denied: `limits.max_handshakes` handshakes were pending and this one was the oldest, so it "
+    "was dropped to make room for a new one (authenticated connections were not affected)",
+    "nothing, if this is a flood of idle or slow connections; if real callers are shed, raise "
+    "`limits.max_handshakes` in the sidecar config",
+)
+_source_handshake_limit = _sidecar_limit(
+    "limits.max_handshakes_per_source",
+    "Denied: {r.src}'s host already had its share of pending handshakes, so the connection was "
+    "reset before any TLS work",
+    "nothing, if this host floods the port; if many real callers share its address (NAT), raise "
+    "`limits.max_handshakes_per_source` in the sidecar config",
+)
+_peer_at_capacity = _sidecar_limit(
+    "",
+    "Denied: the destination's sidecar refused the connection because it was at its "
+    "`limits.max_connections`",
+    "retry later, raise `limits.max_connections` in the destination sidecar's config, or add "
+    "capacity there",
 )
 
 
@@ -563,6 +585,9 @@ EXPLAINERS: dict[str, Explainer] = {
     ),
     Reason.TLS_HANDSHAKE_FAILED: _handshake_failed,
     Reason.HANDSHAKE_TIMEOUT: _handshake_timeout,
+    Reason.HANDSHAKE_SHED: _handshake_shed,
+    Reason.SOURCE_HANDSHAKE_LIMIT: _source_handshake_limit,
+    Reason.PEER_AT_CAPACITY: _peer_at_capacity,
     Reason.NO_CREDENTIALS: _no_credentials,
     Reason.CALLER_NOT_LOCAL: _caller_not_local,
     Reason.CONNECTION_LIMIT: _connection_limit,
@@ -631,6 +656,13 @@ def explain_record(record: ConnectionRecord, view: PolicyView | None = None) -> 
     ctx = _Ctx(record, view, parties(record))
     opened = record.decision == "allow"
     _explainer(record.reason)(ctx)
+    if record.count > 1:
+        ctx.say(
+            f"This record stands for {record.count} connections from {host_of(record.src)} "
+            f"denied for this reason between {record.ts} and {record.last_ts or record.ts}: "
+            "the sidecar folds a flood's denials into one record per source, reason and "
+            "`records.aggregate_denials` interval."
+        )
     close = record.close_reason
     if opened and close and close != record.reason:
         _explainer(close)(ctx)

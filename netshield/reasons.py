@@ -98,9 +98,12 @@ class Reason(enum.StrEnum):
     PEER_MEASUREMENT_NOT_ALLOWED = "PEER_MEASUREMENT_NOT_ALLOWED"
     TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
     HANDSHAKE_TIMEOUT = "HANDSHAKE_TIMEOUT"
+    HANDSHAKE_SHED = "HANDSHAKE_SHED"
+    SOURCE_HANDSHAKE_LIMIT = "SOURCE_HANDSHAKE_LIMIT"
     NO_CREDENTIALS = "NO_CREDENTIALS"
     CALLER_NOT_LOCAL = "CALLER_NOT_LOCAL"
     CONNECTION_LIMIT = "CONNECTION_LIMIT"
+    PEER_AT_CAPACITY = "PEER_AT_CAPACITY"
     DESTINATION_UNKNOWN = "DESTINATION_UNKNOWN"
     DESTINATION_NOT_IN_MESH = "DESTINATION_NOT_IN_MESH"
     UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
@@ -518,7 +521,23 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Reason.HANDSHAKE_TIMEOUT,
             Stage.DATA_PLANE,
             408,
-            "The peer did not complete the TLS handshake within limits.handshake_timeout.",
+            "The peer did not complete the TLS handshake in time: limits.handshake_timeout, "
+            "shrinking to limits.handshake_timeout_min while many handshakes are pending.",
+        ),
+        _r(
+            Reason.HANDSHAKE_SHED,
+            Stage.DATA_PLANE,
+            503,
+            "limits.max_handshakes handshakes were pending (a flood of idle or slow connections?): "
+            "the oldest was dropped to make room. Authenticated connections are not affected.",
+        ),
+        _r(
+            Reason.SOURCE_HANDSHAKE_LIMIT,
+            Stage.DATA_PLANE,
+            429,
+            "limits.max_handshakes_per_source handshakes from this host were pending: the new "
+            "connection was reset before any TLS work. Raise the limit if many callers share one "
+            "address (NAT).",
         ),
         _r(
             Reason.NO_CREDENTIALS,
@@ -537,6 +556,14 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.DATA_PLANE,
             503,
             "The sidecar is at limits.max_connections; raise it or add capacity.",
+        ),
+        _r(
+            Reason.PEER_AT_CAPACITY,
+            Stage.DATA_PLANE,
+            503,
+            "The destination's sidecar refused the connection because it is at its "
+            "limits.max_connections (it answered with TLS alert user_canceled); retry later or add "
+            "capacity there.",
         ),
         _r(
             Reason.DESTINATION_UNKNOWN,

@@ -3,7 +3,17 @@ and explain.
 
 A record says when a connection started, who was on each end, what was decided and why (a stable
 reason code and a sentence an operator can act on), how many bytes moved and why it closed.
-`to_json` writes one line with sorted keys and ``"schema": 1``; `from_json` reads it back.
+`to_json` writes one line with sorted keys and its ``"schema"``; `from_json` reads it back.
+
+Schema versions: a line carries the lowest version that can represent it, so a reader that knows
+only an older version refuses what it would misread instead of miscounting it.
+- **1**: one connection (fields added within version 1, like ``proxy``, have a default that a
+  line written before them means: `ADDED_FIELDS`).
+- **2**: adds ``count`` (how many connections the line stands for, >= 1) and ``last_ts`` (when
+  the last of them was accepted). Only an aggregate of denials has them: during a flood the
+  sidecar writes one line per source, reason and interval (`netshield.sidecar.denials`) whose
+  ``ts``, ``conn_id``, ``src`` and ``detail`` are those of the first connection it folds. Lines
+  with ``count`` 1 are written as schema 1 without the two keys.
 
 Guarantees: a `ConnectionRecord` is checked when built (bad values raise ValueError), so
 `from_json(r.to_json()) == r` for every record; `from_json` raises only ValueError, whatever the
@@ -21,7 +31,10 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2
+"""The newest schema version this netshield writes and reads (it reads every older one)."""
+ONE_CONNECTION_SCHEMA = 1
+"""The version of a line that stands for one connection (no ``count``, no ``last_ts``)."""
 
 Direction = Literal["inbound", "outbound"]
 Decision = Literal["allow", "deny"]
@@ -164,6 +177,8 @@ class ConnectionRecord:
     peer_epoch: int | None = None  # the certificate epoch in the peer's certificate
     policy_version: int | None = None  # the policy version this sidecar's certificate carries
     proxy: Proxy = "sidecar"  # who wrapped the connection: a sidecar, or the in-process shield
+    count: int = 1  # schema 2: the connections this line stands for (an aggregate of denials)
+    last_ts: str | None = None  # schema 2: when the last of them was accepted (RFC 3339 UTC)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -174,11 +189,19 @@ class ConnectionRecord:
         """`ts` as an aware datetime."""
         return datetime.fromisoformat(self.ts)
 
+    @property
+    def schema(self) -> int:
+        """The lowest schema version that represents this record (see the module docstring)."""
+        return ONE_CONNECTION_SCHEMA if self.count == 1 and self.last_ts is None else RECORD_SCHEMA
+
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-able data, with its schema version."""
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         data["waf"] = self.waf.to_dict() if self.waf is not None else None
-        data["schema"] = RECORD_SCHEMA
+        data["schema"] = self.schema
+        if data["schema"] == ONE_CONNECTION_SCHEMA:
+            for name in AGGREGATE_FIELDS:
+                del data[name]
         return data
 
     def to_json(self) -> str:
@@ -209,20 +232,28 @@ class ConnectionRecord:
         if not isinstance(data, dict):
             raise ValueError("not a record: expected a JSON object")
         schema = data.get("schema")
-        if type(schema) is not int or schema != RECORD_SCHEMA:
+        if type(schema) is not int or not ONE_CONNECTION_SCHEMA <= schema <= RECORD_SCHEMA:
             raise ValueError(
-                f"record schema {schema!r} is not {RECORD_SCHEMA} (written by another netshield?)"
+                f"record schema {schema!r} is not one of 1 to {RECORD_SCHEMA} (written by a newer "
+                "or another netshield?)"
             )
-        missing = [name for name in RECORD_FIELDS if name not in data and name not in ADDED_FIELDS]
+        required = RECORD_FIELDS if schema >= RECORD_SCHEMA else ONE_CONNECTION_FIELDS
+        missing = [name for name in required if name not in data and name not in ADDED_FIELDS]
         if missing:
             raise ValueError(f"record has no {', '.join(missing)}")
-        values = {name: data.get(name, ADDED_FIELDS.get(name)) for name in RECORD_FIELDS}
+        values = {name: data.get(name, ADDED_FIELDS.get(name)) for name in required}
         values["waf"] = _waf_from(data["waf"])
         return cls(**values)
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ConnectionRecord))
-"""The record's keys besides "schema", in declaration order."""
+"""The record's keys besides "schema", in declaration order (a schema 2 line has them all)."""
+AGGREGATE_FIELDS: tuple[str, ...] = ("count", "last_ts")
+"""The keys schema 2 added: only lines that stand for more than one connection carry them."""
+ONE_CONNECTION_FIELDS: tuple[str, ...] = tuple(
+    name for name in RECORD_FIELDS if name not in AGGREGATE_FIELDS
+)
+"""The keys of a schema 1 line besides "schema"."""
 
 ADDED_FIELDS: dict[str, object] = {"proxy": "sidecar"}
 """Fields added within schema 1, with the value a line written before them means."""
@@ -319,12 +350,35 @@ def _check(r: ConnectionRecord) -> None:
         value = getattr(r, name)
         if value is not None and (not _is_int(value) or value < 0):
             raise _bad(name, "a non-negative integer or null", value)
+    if not _is_int(r.count) or r.count < 1:
+        raise _bad("count", "a positive integer", r.count)
+    if r.last_ts is not None and (
+        not isinstance(r.last_ts, str)
+        or not _TS.fullmatch(r.last_ts)
+        or not _is_real_time(r.last_ts)
+    ):
+        raise _bad(
+            "last_ts", "null or an RFC 3339 UTC time like 2025-01-31T12:00:00.123Z", r.last_ts
+        )
+    if r.count > 1 and r.decision != "deny":
+        raise _bad("count", "1 for an allowed connection (only denials are aggregated)", r.count)
+
+
+def _is_real_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 __all__ = [
+    "AGGREGATE_FIELDS",
     "DECISIONS",
     "DIRECTIONS",
     "MODES",
+    "ONE_CONNECTION_FIELDS",
+    "ONE_CONNECTION_SCHEMA",
     "PROXIES",
     "RECORD_FIELDS",
     "RECORD_SCHEMA",

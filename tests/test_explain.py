@@ -90,6 +90,24 @@ def test_every_data_plane_reason_has_its_own_explainer(code: str) -> None:
     assert not explanation.sentences[0].startswith(f"{code}:")  # not the generic fallback
 
 
+def test_an_aggregate_of_a_floods_denials_says_how_many_and_when() -> None:
+    flood = rec(
+        peer_identity=None,
+        decision="deny",
+        reason="HANDSHAKE_SHED",
+        detail="the client had not completed the TLS handshake",
+        close_reason="HANDSHAKE_SHED",
+        count=1999,
+        last_ts="2025-01-31T11:00:09.000Z",
+    )
+    text = " ".join(explain_record(flood, VIEW).lines())
+    assert "stands for 1999 connections from 10.0.0.5" in text
+    assert "until" not in text and "2025-01-31T11:00:09.000Z" in text
+    assert "limits.max_handshakes" in text
+    one = " ".join(explain_record(denied(), VIEW).lines())
+    assert "stands for" not in one
+
+
 def test_a_code_it_does_not_know_still_gets_a_sentence() -> None:
     explanation = explain_record(rec(decision="deny", reason="SOMETHING_NEW", detail="d"), VIEW)
     assert explanation.sentences[0].startswith("SOMETHING_NEW: d.")

@@ -27,6 +27,8 @@ PURE = [
     "cas/store/integrity.py",
     "cas/store/backend.py",
     "cas/store/sql.py",
+    "sidecar/handshakes.py",
+    "sidecar/denials.py",
 ]
 FORBIDDEN_EDGES = [("agent", "netshield.cas"), ("cas", "netshield.agent")]
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -212,6 +213,25 @@ def test_summary_through_the_cli(log: Path) -> None:
     assert "frontend → orders" in out and "intruder → orders" in out and "p99" in out
     as_json = json.loads(run(str(log), "--summary", "--json").stdout)
     assert as_json["decisions"] == {"allow": 27, "deny": 3}
+
+
+def test_logs_reads_an_aggregate_of_denials_as_its_count(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    with RecordSink(path) as sink:
+        sink.write(rec(1))
+        sink.write(rec(2, deny=True))  # the flood's first denial, written alone
+        later = rfc3339(datetime.now(UTC) + timedelta(seconds=9))
+        sink.write(replace(rec(3, deny=True), count=1999, last_ts=later))
+    table = run(str(path)).stdout.decode()
+    assert "×1999 PEER_NOT_AUTHOR…" in table and "×1 " not in table  # the count comes first
+    summary = json.loads(run(str(path), "--summary", "--json").stdout)
+    assert summary["records"] == 3 and summary["connections"] == 2001
+    assert summary["decisions"] == {"allow": 1, "deny": 2000}
+    assert summary["reasons"] == {"PEER_NOT_AUTHORIZED": 2000} and summary["last"] == later
+    assert "3 records (2001 connections" in run(str(path), "--summary").stdout.decode()
+    assert run(str(path), "--verify").returncode == 0  # an aggregate is a chained line too
+    only = run(str(path), "--denied", "--json").stdout.decode().splitlines()
+    assert [json.loads(line)["schema"] for line in only] == [1, 2]
 
 
 WRITER = """

@@ -66,6 +66,9 @@ def test_minimal_config_gets_safe_defaults() -> None:
     assert config.limits.connect_timeout == timedelta(seconds=5)
     assert config.limits.idle_timeout == timedelta(seconds=300)
     assert config.limits.drain_timeout == timedelta(seconds=15)
+    assert config.limits.max_handshakes == 256 and config.limits.max_handshakes_per_source == 64
+    assert config.limits.handshake_timeout_min == timedelta(seconds=1)
+    assert config.records.aggregate_denials == timedelta(seconds=10)
     assert (config.renewal.fraction, config.renewal.jitter) == (0.5, 0.1)
     assert config.workload.signer == "0" * 64
     assert (config.workload.product_id, config.workload.svn) == (0, 0)
@@ -169,6 +172,18 @@ def test_paths_are_relative_to_the_config_directory_and_absolute_ones_stay() -> 
         ({"admin": {"unsafe_public": "yes"}}, "admin.unsafe_public", "true or false"),
         ({"records": {"stdout": 1}}, "records.stdout", "true or false"),
         ({"limits": {"max_connections": 0}}, "limits.max_connections", "at least 1"),
+        ({"limits": {"max_handshakes": 0}}, "limits.max_handshakes", "at least 1"),
+        (
+            {"limits": {"max_handshakes_per_source": "many"}},
+            "limits.max_handshakes_per_source",
+            "integer",
+        ),
+        (
+            {"limits": {"handshake_timeout": "5s", "handshake_timeout_min": "10s"}},
+            "limits.handshake_timeout_min",
+            "must not exceed limits.handshake_timeout (5s), got 10s",
+        ),
+        ({"records": {"aggregate_denials": "2h"}}, "records.aggregate_denials", "at most 1h"),
         ({"limits": {"handshake_timeout": "ten seconds"}}, "limits.handshake_timeout", "duration"),
         ({"limits": {"connect_timeout": "0s"}}, "limits.connect_timeout", "at least 1s"),
         ({"limits": {"idle_timeout": "48h"}}, "limits.idle_timeout", "at most 24h"),
@@ -204,7 +219,16 @@ def test_the_twin_of_each_field_problem_parses() -> None:
                     {"service": "billing", "unix": "s", "allowed_uids": [0]},
                 ],
                 "admin": {"listen": "[::1]:0", "unsafe_public": False},
-                "limits": {"max_connections": 1, "connect_timeout": "1s", "idle_timeout": "24h"},
+                "limits": {
+                    "max_connections": 1,
+                    "connect_timeout": "1s",
+                    "idle_timeout": "24h",
+                    "max_handshakes": 1,
+                    "max_handshakes_per_source": 1,
+                    "handshake_timeout": "5s",
+                    "handshake_timeout_min": "5s",
+                },
+                "records": {"aggregate_denials": "0s"},
                 "renewal": {"fraction": 0.99, "jitter": 0.5},
             }
         )

@@ -18,7 +18,7 @@ import pytest
 from netshield.net.streams import PlainStream, TlsStream
 from netshield.reasons import Reason
 from netshield.tls.contexts import client_context, server_context
-from netshield.tls.failures import TlsFailure, TlsHandshakeError
+from netshield.tls.failures import CAPACITY_ALERT, TlsFailure, TlsHandshakeError
 from netshield.tls.peer import PeerInfo
 from tests.test_tls_pki import Pki
 
@@ -382,3 +382,75 @@ async def test_handshake_error_names_the_reason(pki: Pki) -> None:
     assert (
         err.reason is Reason.PEER_CERT_MISSING and str(err) == "the client presented no certificate"
     )
+
+
+async def test_cancel_handshake_ends_a_pending_handshake_with_the_given_failure(pki: Pki) -> None:
+    streams: list[TlsStream] = []
+    outcome: asyncio.Future[BaseException | PeerInfo] = asyncio.get_running_loop().create_future()
+
+    async def handler(sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        _, stream = await loop.connect_accepted_socket(
+            lambda: TlsStream(server_context(pki.creds("orders")), server_side=True), sock
+        )
+        streams.append(stream)
+        try:
+            outcome.set_result(await stream.handshake(30))
+        except TlsHandshakeError as err:
+            outcome.set_result(err)
+
+    async with Acceptor(handler) as acceptor:
+        reader, writer = await asyncio.open_connection("127.0.0.1", acceptor.port)  # says nothing
+        async with asyncio.timeout(10):
+            while not streams:
+                await asyncio.sleep(0.01)
+        shed = TlsFailure(Reason.HANDSHAKE_SHED, "dropped to make room")
+        streams[0].cancel_handshake(shed)
+        err = await asyncio.wait_for(outcome, 10)
+        with pytest.raises(ConnectionResetError):  # shed with a reset, no linger
+            await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert isinstance(err, TlsHandshakeError) and err.failure == shed
+    assert await streams[0].closed is Reason.HANDSHAKE_SHED
+
+
+async def test_cancel_handshake_after_a_completed_handshake_does_nothing(pki: Pki) -> None:
+    server = TlsServer(server_context(pki.creds("orders")))
+    async with server.acceptor:
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(
+            lambda: TlsStream(client_context(pki.creds("frontend")), server_side=False),
+            "127.0.0.1",
+            server.acceptor.port,
+        )
+        peer = await client.handshake(5)
+        client.cancel_handshake(TlsFailure(Reason.HANDSHAKE_SHED, "too late"))
+        assert client.failure is None and not client.closed.done()
+        client.close()
+    assert peer.service == "orders"
+
+
+async def test_our_client_reads_a_capacity_refusal_as_peer_at_capacity(pki: Pki) -> None:
+    async def at_capacity(sock: socket.socket) -> None:
+        sock.send(CAPACITY_ALERT)
+        sock.shutdown(socket.SHUT_WR)
+        await asyncio.sleep(0.5)
+        sock.close()
+
+    async def silent(sock: socket.socket) -> None:  # the negative twin: a plain close
+        sock.close()
+
+    outcomes = []
+    for handler in (at_capacity, silent):
+        async with Acceptor(handler) as acceptor:
+            loop = asyncio.get_running_loop()
+            _, client = await loop.create_connection(
+                lambda: TlsStream(client_context(pki.creds("frontend")), server_side=False),
+                "127.0.0.1",
+                acceptor.port,
+            )
+            with pytest.raises(TlsHandshakeError) as info:
+                await client.handshake(5)
+            outcomes.append(info.value.failure)
+    assert outcomes[0].reason is Reason.PEER_AT_CAPACITY and "at capacity" in outcomes[0].detail
+    assert outcomes[1].reason is Reason.TLS_HANDSHAKE_FAILED

@@ -79,6 +79,18 @@ def verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
             "the client sent alert no renegotiation",
         ),
         (
+            ssl_error("TLSV1_ALERT_USER_CANCELLED"),
+            False,
+            Reason.PEER_AT_CAPACITY,
+            "the server refused the connection: it is at capacity",
+        ),
+        (  # a client that cancels is no capacity refusal
+            ssl_error("TLSV1_ALERT_USER_CANCELLED"),
+            True,
+            Reason.TLS_HANDSHAKE_FAILED,
+            "the client sent alert user cancelled",
+        ),
+        (
             ssl_error("HTTP_REQUEST"),
             True,
             Reason.TLS_HANDSHAKE_FAILED,

@@ -1,6 +1,7 @@
 """`netshield logs --summary`: what a log says at a glance, in constant memory.
 
-Counts by decision (allow / deny / audit), by reason (deny and audit reasons) and by close
+Counts connections (an aggregate record of a flood's denials counts as its ``count``) by
+decision (allow / deny / audit), by reason (deny and audit reasons) and by close
 reason (allowed connections); per caller → callee pair the allowed, denied and audited counts and
 the bytes; the top talkers (pairs by bytes); and duration p50/p99/max. Pairs live in a `TopK`
 (exact up to `capacity` distinct pairs, flagged approximate beyond), durations in a
@@ -44,7 +45,8 @@ class Summary:
 
     def __init__(self, *, top: int = 10, capacity: int = 4096) -> None:
         self.top = top
-        self.total = 0
+        self.total = 0  # records
+        self.connections = 0  # connections they stand for (aggregates count many)
         self.first_ts: str | None = None
         self.last_ts: str | None = None
         self.decisions: Counter[str] = Counter()
@@ -58,22 +60,25 @@ class Summary:
         self.durations = QuantileSketch()
 
     def add(self, record: ConnectionRecord) -> None:
+        n = record.count
         self.total += 1
+        self.connections += n
+        last = record.last_ts or record.ts
         if self.first_ts is None or record.ts < self.first_ts:
             self.first_ts = record.ts
-        if self.last_ts is None or record.ts > self.last_ts:
-            self.last_ts = record.ts
+        if self.last_ts is None or last > self.last_ts:
+            self.last_ts = last
         decision = decision_word(record)
-        self.decisions[decision] += 1
+        self.decisions[decision] += n
         if decision != "allow":
-            self.reasons[record.reason] += 1
+            self.reasons[record.reason] += n
         elif record.close_reason:
-            self.close_reasons[record.close_reason] += 1
+            self.close_reasons[record.close_reason] += n
         if record.waf is not None:
             self._add_waf(record)
         ends = parties(record)
         pair = self.pairs.get((ends.caller, ends.callee))
-        setattr(pair, decision, getattr(pair, decision) + 1)
+        setattr(pair, decision, getattr(pair, decision) + n)
         pair.bytes_in += record.bytes_in
         pair.bytes_out += record.bytes_out
         self.durations.add(record.duration_ms)
@@ -99,6 +104,7 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "records": self.total,
+            "connections": self.connections,
             "first": self.first_ts,
             "last": self.last_ts,
             "decisions": dict(sorted(self.decisions.items())),
@@ -118,7 +124,12 @@ class Summary:
         """The summary as text for a terminal."""
         if self.total == 0:
             return ["no records"]
-        out = [f"{self.total} records from {self.first_ts} to {self.last_ts}"]
+        folded = (
+            f" ({self.connections} connections: aggregates of denials count many)"
+            if self.connections != self.total
+            else ""
+        )
+        out = [f"{self.total} records{folded} from {self.first_ts} to {self.last_ts}"]
         out.append(
             "decisions: "
             + ", ".join(f"{word} {self.decisions[word]}" for word in ("allow", "deny", "audit"))

@@ -2,8 +2,9 @@
 
 Columns: time (UTC), conn id, direction, source → destination, peer (service name, else SPIFFE
 id), decision (allow / deny / audit: allowed only because of audit mode), reason (the deny or
-audit reason; for an allowed connection how it closed), bytes in/out and duration. Widths are
-fixed so rows can be printed as they arrive; long values are cut with "…".
+audit reason; for an allowed connection how it closed; an aggregate of a flood's denials shows
+its count first, ``×1999 HANDSHAKE_TIMEOUT``), bytes in/out and duration. Widths are fixed so
+rows can be printed as they arrive; long values are cut with "…".
 
 Pure: strings in, strings out. Colour (ANSI) only when the caller asks for it — the CLI asks only
 when standard output is a terminal and NO_COLOR is unset.
@@ -107,7 +108,7 @@ def row(record: ConnectionRecord, *, color: bool = False) -> str:
         f"{record.src} → {record.dst}",
         peer_word(record),
         decision,
-        reason_word(record),
+        f"×{record.count} {reason_word(record)}" if record.count > 1 else reason_word(record),
         f"{human_bytes(record.bytes_in)}/{human_bytes(record.bytes_out)}",
         human_duration(record.duration_ms),
     )

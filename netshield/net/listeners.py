@@ -2,6 +2,9 @@
 
 A listener hands each accepted socket to a flow; the flow owns the socket from then on. Accept
 errors (out of file descriptors, a connection reset before accept) are logged and survived.
+Each wake-up accepts up to `ACCEPT_BATCH` queued connections, so that under a flood the kernel's
+accept queue drains at the pace the flows can take, not at one connection per event-loop turn
+(a legitimate caller queued behind a flood waits queue length / accept rate).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ log = logging.getLogger("netshield.net")
 
 OnAccept = Callable[[socket.socket], None]
 BACKLOG = 1024
+ACCEPT_BATCH = 32
+"""Connections accepted per wake-up at most (well under limits.max_handshakes, so that one
+batch cannot shed a legitimate handshake accepted at its start)."""
 
 
 def bind_tcp(address: HostPort, *, what: str) -> socket.socket:
@@ -81,10 +87,29 @@ async def accept_loop(sock: socket.socket, on_accept: OnAccept) -> None:
         except (ConnectionAbortedError, ConnectionResetError):
             continue
         except OSError as err:
-            if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning("accept on %s failed (%s); retrying", bound_address(sock), err.strerror)
+            if _out_of_resources(sock, err):
                 await asyncio.sleep(0.1)
                 continue
             raise
         conn.setblocking(False)
         on_accept(conn)
+        for _ in range(ACCEPT_BATCH - 1):  # drain what else is queued, without waiting
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except (ConnectionAbortedError, ConnectionResetError):
+                continue
+            except OSError as err:
+                if _out_of_resources(sock, err):
+                    break
+                raise
+            conn.setblocking(False)
+            on_accept(conn)
+
+
+def _out_of_resources(sock: socket.socket, err: OSError) -> bool:
+    if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        log.warning("accept on %s failed (%s); retrying", bound_address(sock), err.strerror)
+        return True
+    return False

@@ -299,6 +299,8 @@ class TlsStream(Stream):
 
     Protocol factory: `lambda: TlsStream(ctx, server_side=True)`; a client stream starts its
     handshake as soon as it is connected. Await `handshake(timeout)` before `start_relay`.
+    `on_answer` is called once, when this side first sends handshake bytes while the handshake
+    is pending: for a server, the client's first flight (its ClientHello) was complete.
     """
 
     def __init__(
@@ -311,11 +313,15 @@ class TlsStream(Stream):
         session: ssl.SSLSession | None = None,
         peers: PeerCache | None = None,
         watch_tickets: bool = False,
+        on_answer: Callable[[], None] | None = None,
     ) -> None:
         """A client offers `session` to resume; with `watch_tickets` it notices the ticket the
         server sends after the handshake: `new_session`, and `on_ticket` (settable any time)
         is called with it once it is there."""
         super().__init__(buffers=buffers)
+        self._on_answer = on_answer
+        self.answered = False
+        """This side has sent handshake bytes (see `on_answer`)."""
         self._endpoint = TlsEndpoint(
             ctx,
             server_side=server_side,
@@ -363,6 +369,14 @@ class TlsStream(Stream):
             raise TlsHandshakeError(self.failure)
         assert self.peer is not None
         return self.peer
+
+    def cancel_handshake(self, failure: TlsFailure) -> None:
+        """End a handshake that is still pending with `failure` and reset the connection (load
+        shedding: no alert, no linger); `handshake` then raises it. No-op once it settled."""
+        if self._handshake_settled.done():
+            return
+        self._settle_handshake(failure)
+        self.abort()
 
     # --- Stream ------------------------------------------------------------------------------
 
@@ -498,6 +512,10 @@ class TlsStream(Stream):
         transport = self._transport
         if data and transport is not None and not self._tcp_eof_sent and not transport.is_closing():
             transport.write(data)
+            if not self.answered and self.peer is None:
+                self.answered = True
+                if self._on_answer is not None:
+                    self._on_answer()
 
     def _linger(self) -> None:
         """After a failed handshake: alert out, output shut down, input drained, then close."""

@@ -1,6 +1,7 @@
 """`netshield sidecar --config FILE`: compose a sidecar and run it until SIGTERM.
 
-Start-up: validate the config, load the platform, measure the workload, start the admin listener,
+Start-up: validate the config, raise the file descriptor limit (`netshield.net.fdlimit`), load the
+platform, measure the workload, start the admin listener,
 learn the trust domain from the CAS, attest (retrying until the CAS answers), then bind the inbound
 and outbound listeners and print one JSON ready line. Running: the agent renews and follows
 revocations; revoked or stale peers are cut off; if the sidecar's own certificate expires, live
@@ -20,6 +21,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ from netshield.attestation.measurement import measure
 from netshield.attestation.platform import load_platform
 from netshield.casclient import CasClient, CasUnreachable
 from netshield.errors import ConfigError, NetshieldError
+from netshield.net.fdlimit import descriptors_needed, raise_fd_limit
 from netshield.net.listeners import accept_loop, bind_tcp, bind_unix, bound_address
 from netshield.netaddr import HostPort
 from netshield.quoting.client import PlatformSocket
@@ -217,7 +220,7 @@ def reload_config(rt: Runtime, path: Path) -> None:
         )
         return
     rt.config = new
-    rt.table.limit = new.limits.max_connections
+    rt.apply_limits(new)
     log.warning(
         "SIGHUP: reloaded configuration from %s (limits, inbound.upstream, outbound addresses, "
         "transparent mode and service ports)",
@@ -309,6 +312,7 @@ async def run_sidecar(
 ) -> None:
     """Run until SIGTERM/SIGINT (or until `stop` is set, for embedding: then no signal handlers)."""
     config = load_sidecar_config(config_path)
+    raise_fd_limit(descriptors_needed(config.limits.max_connections, config.limits.max_handshakes))
     quoter = make_quoter(config)
     witness = CasWitness.load(config.cas.witness_file)
     holder = CredentialHolder()
@@ -331,18 +335,23 @@ async def run_sidecar(
             return False, "listeners not bound yet"
         return True, ""
 
+    sink = RecordSink(
+        config.records.file,
+        stdout=config.records.stdout,
+        max_bytes=config.records.max_bytes,
+        keep=config.records.keep,
+    )
+    rt_box: list[Runtime] = []
     metrics = SidecarMetrics(
         seconds_to_expiry=functools.partial(seconds_to_expiry, holder),
         renewals=lambda: agent_box[0].renewals if agent_box else 0,
         renewal_failures=lambda: agent_box[0].renewal_failures if agent_box else 0,
         ready=lambda: ready()[0],
         cas_rolled_back=lambda: bool(agent_box and agent_box[0].cas_rolled_back is not None),
-    )
-    sink = RecordSink(
-        config.records.file,
-        stdout=config.records.stdout,
-        max_bytes=config.records.max_bytes,
-        keep=config.records.keep,
+        pending_handshakes=lambda: len(rt_box[0].handshakes) if rt_box else 0,
+        records_written=lambda: sink.written,
+        records_dropped=lambda: sink.dropped,
+        records_aggregated=lambda: rt_box[0].denials.folded if rt_box else {},
     )
     rt = Runtime(
         config=config,
@@ -353,6 +362,7 @@ async def run_sidecar(
         metrics=metrics,
         http=WafRoutes(config.waf, config.ingress),
     )
+    rt_box.append(rt)
 
     def status() -> dict[str, Any]:
         agent_status = agent_box[0].status() if agent_box else {}
@@ -385,6 +395,7 @@ async def run_sidecar(
     listeners: Listeners | None = None
     agent_task: asyncio.Task[None] | None = None
     housekeeping: asyncio.Task[None] | None = None
+    expiring: asyncio.Task[None] | None = None
     try:
         try:
             admin = await AdminServer.start(providers, config.admin.listen)
@@ -416,6 +427,7 @@ async def run_sidecar(
             raise NetshieldError(str(err), hint="") from None
         for line in waf_lines:
             log.info("WAF route %s", line)
+        expiring = asyncio.create_task(_expire_handshakes(rt))
         listeners = bind_listeners(rt, config)
         bound.update({name: bound_address(sock) for name, sock in listeners.sockets.items()})
         housekeeping = asyncio.create_task(_housekeeping(rt))
@@ -439,7 +451,7 @@ async def run_sidecar(
                 loop.remove_signal_handler(sig)
         if listeners is not None:
             listeners.close()
-        for task in (housekeeping, agent_task):
+        for task in (housekeeping, expiring, agent_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -455,6 +467,7 @@ async def run_sidecar(
         elif not waf_loading.cancelled():
             waf_loading.exception()  # retrieved: a failure was raised above, or never reached
         rt.http.close()
+        rt.write_due_denials(final=True)
         sink.close()
         for o in config.outbound:
             if o.unix is not None:
@@ -493,16 +506,30 @@ async def _first_credentials(
 
 
 async def _housekeeping(rt: Runtime) -> None:
-    """Fail closed when the sidecar's own certificate expires, and close a live connection when
-    its peer's certificate does (each within HOUSEKEEPING_SECONDS)."""
+    """Fail closed when the sidecar's own certificate expires, close a live connection when its
+    peer's certificate does (each within HOUSEKEEPING_SECONDS), and write due denial aggregates."""
     while True:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        rt.write_due_denials()
         if rt.holder.current() is None and rt.table.count():
             closed = rt.table.close_all(Reason.CREDENTIALS_EXPIRED)
             log.error("own certificate expired: closed %d live connection(s)", closed)
         closed = rt.table.close_expired_peers(datetime.now(UTC))
         if closed:
             log.warning("closed %d live connection(s) whose peer's certificate expired", closed)
+
+
+HANDSHAKE_SWEEP_SECONDS = 0.1
+
+
+async def _expire_handshakes(rt: Runtime) -> None:
+    """Drop pending handshakes past their deadline, which shrinks as the budget fills."""
+    while True:
+        wait = rt.handshakes.next_expiry(time.monotonic())
+        await asyncio.sleep(
+            HANDSHAKE_SWEEP_SECONDS if wait is None else min(wait, HANDSHAKE_SWEEP_SECONDS)
+        )
+        rt.handshakes.expire(time.monotonic())
 
 
 async def _drain(rt: Runtime, listeners: Listeners) -> None:

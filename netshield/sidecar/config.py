@@ -45,6 +45,7 @@ from netshield.schema import (
     Spec,
     Str,
     describe,
+    format_duration,
     host_port_problem,
     load_yaml,
     read_config_file,
@@ -151,12 +152,17 @@ class RecordsConfig:
     stdout: bool = False
     max_bytes: int = 100 * 1024 * 1024  # rotate `file` at this size; 0: never (use logrotate)
     keep: int = 10  # rotated files kept (file.1 ... file.<keep>); older ones are deleted
+    # denials of one source and reason within this interval share one record (0s: never)
+    aggregate_denials: timedelta = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 1024
+    max_connections: int = 1024  # authenticated connections (and outbound ones)
+    max_handshakes: int = 256  # inbound connections still in their TLS handshake
+    max_handshakes_per_source: int = 64  # ... of them from one host
     handshake_timeout: timedelta = timedelta(seconds=10)
+    handshake_timeout_min: timedelta = timedelta(seconds=1)  # the deadline at a full budget
     connect_timeout: timedelta = timedelta(seconds=5)
     idle_timeout: timedelta = timedelta(seconds=300)
     drain_timeout: timedelta = timedelta(seconds=15)
@@ -475,6 +481,9 @@ SIDECAR_SPEC = Record(
                     "stdout": Field(Bool(), default=False),
                     "max_bytes": Field(Int(min=0, max=2**50), default=RecordsConfig.max_bytes),
                     "keep": Field(Int(min=1, max=10_000), default=RecordsConfig.keep),
+                    "aggregate_denials": Field(
+                        Duration(max=timedelta(hours=1)), default=RecordsConfig.aggregate_denials
+                    ),
                 }
             ),
         ),
@@ -482,9 +491,19 @@ SIDECAR_SPEC = Record(
             Record(
                 {
                     "max_connections": Field(Int(min=1, max=1_000_000), default=1024),
+                    "max_handshakes": Field(
+                        Int(min=1, max=1_000_000), default=Limits.max_handshakes
+                    ),
+                    "max_handshakes_per_source": Field(
+                        Int(min=1, max=1_000_000), default=Limits.max_handshakes_per_source
+                    ),
                     "handshake_timeout": Field(
                         Duration(min=_SECOND, max=timedelta(minutes=5)),
                         default=Limits.handshake_timeout,
+                    ),
+                    "handshake_timeout_min": Field(
+                        Duration(min=_SECOND, max=timedelta(minutes=5)),
+                        default=Limits.handshake_timeout_min,
                     ),
                     "connect_timeout": Field(
                         Duration(min=_SECOND, max=timedelta(minutes=5)),
@@ -705,6 +724,17 @@ def _cross_problems(doc: dict[str, Any], base_dir: Path) -> list[Problem]:
             if isinstance(inbound[key], HostPort):
                 binds.append((f"inbound.{key}", inbound[key]))
     problems += _transparent_problems(doc["transparent"], binds)
+    limits = doc["limits"]
+    if isinstance(limits, dict):
+        low, high = limits["handshake_timeout_min"], limits["handshake_timeout"]
+        if isinstance(low, timedelta) and isinstance(high, timedelta) and low > high:
+            problems.append(
+                Problem(
+                    "limits.handshake_timeout_min",
+                    f"must not exceed limits.handshake_timeout ({format_duration(high)}), got "
+                    f"{format_duration(low)}",
+                )
+            )
     admin = doc["admin"]
     if isinstance(admin, dict) and isinstance(admin["listen"], HostPort):
         binds.append(("admin.listen", admin["listen"]))
@@ -792,6 +822,7 @@ def build_shared(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             stdout=records["stdout"],
             max_bytes=records["max_bytes"],
             keep=records["keep"],
+            aggregate_denials=records["aggregate_denials"],
         ),
         "limits": Limits(**limits),
         "renewal": RenewalConfig(fraction=renewal["fraction"], jitter=renewal["jitter"]),

@@ -1,5 +1,6 @@
 """The pieces every sidecar flow shares: `Attempt` (what is known about one connection, turned
-into exactly one record), admission (shutdown, credentials, the connection limit), dialling,
+into exactly one record), admission (shutdown, credentials, the connection limit; inbound
+connections take their slot only once authorized, `admit_inbound` then `enroll`), dialling,
 wrapping the local caller's socket, and relaying two streams until they close.
 
 Used by the mesh flows (`netshield.sidecar.flows`), the native routes (`netshield.sidecar.native`)
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from netshield.record import ConnectionRecord, WafOutcome, new_conn_id, rfc3339
 from netshield.sidecar.livetable import LiveConnection
 from netshield.sidecar.runtime import Runtime
 from netshield.tls.contexts import TlsContexts
+from netshield.tls.failures import CAPACITY_ALERT
 from netshield.tls.peer import PeerInfo
 
 log = logging.getLogger("netshield.sidecar")
@@ -69,9 +72,10 @@ class Attempt:
         bytes_in: int,
         bytes_out: int,
         close_reason: Reason,
-    ) -> None:
+    ) -> bool:
+        """Record the connection once; True if its record was written now (not folded)."""
         if self.recorded:
-            return
+            return False
         self.recorded = True
         if self.live is not None:
             self.rt.table.remove(self.live.conn_id)
@@ -103,13 +107,14 @@ class Attempt:
             policy_version=creds.policy_version if creds else None,
             proxy=self.rt.proxy,
         )
-        self.rt.emit(record, self.handshake_seconds)
+        return self.rt.emit(record, self.handshake_seconds)
 
     def deny(self, reason: Reason, detail: str) -> None:
+        """Record the denial; its log line only when its record is written (a flood's denials
+        folded into an aggregate do not flood the diagnostic log either)."""
         if not self.recorded:
             self.refused = (reason, detail)
-        log.info("conn=%s %s deny %s: %s", self.conn_id, self.direction, reason.value, detail)
-        self._record(
+        written = self._record(
             decision="deny",
             reason=reason,
             detail=detail,
@@ -118,6 +123,8 @@ class Attempt:
             bytes_out=0,
             close_reason=reason,
         )
+        if written:
+            log.info("conn=%s %s deny %s: %s", self.conn_id, self.direction, reason.value, detail)
 
     def close_denied(
         self,
@@ -187,29 +194,75 @@ def close_socket(sock: socket.socket) -> None:
         sock.close()
 
 
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset_socket(sock: socket.socket) -> None:
+    """Close with a TCP reset: nothing lingers in the kernel for a refused flood."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    close_socket(sock)
+
+
 def admit(rt: Runtime, attempt: Attempt, sock: socket.socket) -> TlsContexts | None:
-    """Shutdown, credentials and the connection limit; when refused, records the denial and
-    closes `sock`."""
+    """Shutdown, credentials and a slot under limits.max_connections; when refused, records the
+    denial and closes `sock`."""
     contexts = _admit(rt, attempt)
-    if contexts is None:
+    if isinstance(contexts, Reason):
         close_socket(sock)
+        return None
+    if not enroll(rt, attempt):
+        close_socket(sock)
+        return None
     return contexts
 
 
-def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
+async def admit_inbound(rt: Runtime, attempt: Attempt, sock: socket.socket) -> TlsContexts | None:
+    """Admission of an unauthenticated inbound connection: shutdown, credentials and room under
+    limits.max_connections, without taking a slot (it takes one once authorized, `enroll`).
+    When refused, records the denial and closes `sock`; at capacity it first writes
+    `CAPACITY_ALERT`, so that the calling sidecar records PEER_AT_CAPACITY."""
+    contexts = _admit(rt, attempt)
+    if contexts is Reason.CONNECTION_LIMIT:
+        await refuse(rt, sock, CAPACITY_ALERT)
+        return None
+    if isinstance(contexts, Reason):
+        close_socket(sock)
+        return None
+    return contexts
+
+
+def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | Reason:
     contexts = rt.holder.current()
     attempt.contexts = contexts
     limit = rt.config.limits.max_connections
     if rt.stopping.is_set():
         attempt.deny(Reason.DRAINED, "the sidecar is shutting down and accepts no new connections")
-        return None
+        return Reason.DRAINED
     if contexts is None:
         attempt.deny(
             Reason.NO_CREDENTIALS,
             "this sidecar holds no valid certificate (not attested yet, or it "
             "expired while the CAS was unreachable)",
         )
-        return None
+        return Reason.NO_CREDENTIALS
+    if rt.table.count() >= limit:
+        _deny_limit(rt, attempt)
+        return Reason.CONNECTION_LIMIT
+    return contexts
+
+
+def _deny_limit(rt: Runtime, attempt: Attempt) -> None:
+    attempt.deny(
+        Reason.CONNECTION_LIMIT,
+        f"{rt.table.count()} connections are open and limits.max_connections is "
+        f"{rt.config.limits.max_connections}",
+    )
+
+
+def enroll(rt: Runtime, attempt: Attempt) -> bool:
+    """Take a slot under limits.max_connections for `attempt` (it then shows in /connections and
+    can be closed from outside); False, with a CONNECTION_LIMIT denial recorded, if none is left."""
     live = LiveConnection(
         conn_id=attempt.conn_id,
         direction=attempt.direction,
@@ -217,15 +270,40 @@ def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | None:
         src=attempt.src,
         dst=attempt.dst,
         started=rfc3339(attempt.started),
+        peer=attempt.peer,
     )
     if not rt.table.try_add(live):
-        attempt.deny(
-            Reason.CONNECTION_LIMIT,
-            f"{rt.table.count()} connections are open and limits.max_connections is {limit}",
-        )
-        return None
+        _deny_limit(rt, attempt)
+        return False
     attempt.live = live
-    return contexts
+    return True
+
+
+MAX_REFUSING = 256
+"""Refused sockets that may linger at once (a flood of refusals is closed straight away)."""
+REFUSE_LINGER_SECONDS = 1.0
+
+
+async def refuse(rt: Runtime, sock: socket.socket, message: bytes) -> None:
+    """Write `message` (a few bytes), shut the output down and read the peer's bytes until it
+    closes or `REFUSE_LINGER_SECONDS` pass, so that a TCP reset does not destroy the message."""
+    if rt.refusing >= MAX_REFUSING:
+        close_socket(sock)
+        return
+    rt.refusing += 1
+    loop = asyncio.get_running_loop()
+    try:
+        with contextlib.suppress(OSError):
+            sock.send(message)
+            sock.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(REFUSE_LINGER_SECONDS):
+                while await loop.sock_recv(sock, 4096):
+                    pass
+    except TimeoutError:
+        pass
+    finally:
+        rt.refusing -= 1
+        close_socket(sock)
 
 
 async def dial(
@@ -308,8 +386,12 @@ __all__ = [
     "Direction",
     "accept_plain",
     "admit",
+    "admit_inbound",
     "close_socket",
     "dial",
+    "enroll",
+    "refuse",
     "relay_connection",
     "relay_plain_to",
+    "reset_socket",
 ]

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from netshield.authz import ConnDecision, may_call_decision
 from netshield.identity import SpiffeId
+from netshield.logs.parties import host_of
 from netshield.net.callers import caller_of, local_caller_problem
 from netshield.net.streams import TlsStream
 from netshield.netaddr import HostPort
@@ -27,19 +28,27 @@ from netshield.sidecar.connection import (
     Attempt,
     accept_plain,
     admit,
+    admit_inbound,
     close_socket,
     dial,
+    enroll,
     relay_connection,
     relay_plain_to,
+    reset_socket,
 )
 from netshield.sidecar.handshake import inbound_decision, outbound_decision
 from netshield.sidecar.native import native_outbound, native_route
 from netshield.sidecar.runtime import Runtime
 from netshield.tls.contexts import TlsContexts
+from netshield.tls.failures import TlsFailure
 from netshield.tls.peer import PeerInfo
 from netshield.tls.tickets import TicketStore
 
 log = logging.getLogger("netshield.sidecar")
+
+HANDSHAKE_BACKSTOP = 2.0
+"""Seconds past limits.handshake_timeout after which an inbound handshake ends even if the
+pending-handshake sweeper (which ends it at its deadline) were late."""
 
 
 async def inbound_flow(rt: Runtime, sock: socket.socket, inbound: InboundConfig) -> None:
@@ -58,23 +67,57 @@ async def inbound_flow(rt: Runtime, sock: socket.socket, inbound: InboundConfig)
 async def serve_inbound(
     rt: Runtime, attempt: Attempt, sock: socket.socket, upstream_of: Callable[[], HostPort]
 ) -> None:
-    """The inbound pipeline for an accepted socket: admit, terminate mTLS, authorize the caller,
-    then relay plaintext to `upstream_of()` (read after the decision, so SIGHUP applies)."""
+    """The inbound pipeline for an accepted socket: the source's share of pending handshakes,
+    admit, terminate mTLS (counted against limits.max_handshakes meanwhile), authorize the caller, take a slot under
+    limits.max_connections, then relay plaintext to `upstream_of()` (read after the decision, so
+    SIGHUP applies)."""
     try:
-        contexts = admit(rt, attempt, sock)
+        source = host_of(attempt.src)
+        if not rt.handshakes.admits(source):
+            attempt.deny(
+                Reason.SOURCE_HANDSHAKE_LIMIT,
+                f"{rt.handshakes.pending_from(source)} handshakes from {source} are pending and "
+                f"limits.max_handshakes_per_source is {rt.config.limits.max_handshakes_per_source}",
+            )
+            reset_socket(sock)
+            return
+        contexts = await admit_inbound(rt, attempt, sock)
         if contexts is None:
             return
         loop = asyncio.get_running_loop()
+        conn_id = attempt.conn_id
         try:
             _t, tls = await loop.connect_accepted_socket(
-                lambda: TlsStream(contexts.server, server_side=True, peers=contexts.peers), sock
+                lambda: TlsStream(
+                    contexts.server,
+                    server_side=True,
+                    peers=contexts.peers,
+                    on_answer=lambda: rt.handshakes.answered(conn_id),
+                ),
+                sock,
             )
         except OSError as err:
             attempt.deny(Reason.PEER_RESET, f"the caller went away before the handshake ({err})")
             close_socket(sock)
             return
-        decision = await inbound_decision(rt, attempt, tls, contexts)
+        t0 = time.monotonic()
+        rt.handshakes.enter(
+            conn_id,
+            t0,
+            lambda reason, detail: tls.cancel_handshake(TlsFailure(reason, detail)),
+            source,
+        )
+        if tls.answered:  # the ClientHello came with the connection
+            rt.handshakes.answered(conn_id)
+        try:  # the deadline is the tracker's (it shrinks under pressure); this is a backstop
+            backstop = rt.config.limits.handshake_timeout.total_seconds() + HANDSHAKE_BACKSTOP
+            decision = await inbound_decision(rt, attempt, tls, contexts, timeout=backstop)
+        finally:
+            rt.handshakes.leave(conn_id)
         if not decision.allowed:
+            return
+        if not enroll(rt, attempt):
+            tls.close()
             return
         if decision.mode == "audit":
             log.warning("conn=%s inbound %s", attempt.conn_id, decision.detail)

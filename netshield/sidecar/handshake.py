@@ -22,15 +22,22 @@ __all__ = ["inbound_decision", "outbound_decision"]
 
 
 async def inbound_decision(
-    rt: Runtime, attempt: Attempt, tls: TlsStream, contexts: TlsContexts
+    rt: Runtime,
+    attempt: Attempt,
+    tls: TlsStream,
+    contexts: TlsContexts,
+    *,
+    timeout: float | None = None,
 ) -> ConnDecision:
-    """Complete the server side of mutual TLS and decide whether the caller may call us. Sets
-    `attempt.peer` and `handshake_seconds`. A denial (a failed handshake included) is recorded
-    and `tls` closed (after a failed handshake it lingers to deliver its alert) before it is
-    returned."""
+    """Complete the server side of mutual TLS (within `timeout` seconds, default
+    limits.handshake_timeout) and decide whether the caller may call us. Sets `attempt.peer` and
+    `handshake_seconds`. A denial (a failed handshake included) is recorded and `tls` closed
+    (after a failed handshake it lingers to deliver its alert) before it is returned."""
     t0 = time.monotonic()
+    if timeout is None:
+        timeout = rt.config.limits.handshake_timeout.total_seconds()
     try:
-        attempt.peer = await tls.handshake(rt.config.limits.handshake_timeout.total_seconds())
+        attempt.peer = await tls.handshake(timeout)
     except TlsHandshakeError as err:
         return _denied(attempt, ConnDecision(False, err.failure.reason, err.failure.detail))
     attempt.handshake_seconds = time.monotonic() - t0

@@ -18,6 +18,10 @@ time, so it is never stale.
 | netshield_cas_rolled_back | gauge (1 while the CAS presents an older history than seen) | |
 | netshield_peer_connections_total | counter | direction, peer, decision |
 | netshield_peer_bytes_total | counter | direction, peer, flow |
+| netshield_pending_handshakes | gauge: inbound connections in their TLS handshake | |
+| netshield_records_written_total | counter: records handed to the sink | |
+| netshield_records_dropped_total | counter: record writes that failed (disk full, ...) | |
+| netshield_records_aggregated_total | counter: denials folded into an aggregate record | reason |
 
 `peer` is the other party's service name (else its SPIFFE id, else its host; see
 `netshield.logs.parties`); after `MAX_PEERS` distinct peers the rest count as "other", so a
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -65,6 +69,10 @@ def _false() -> bool:
     return False
 
 
+def _no_counts() -> Mapping[str, int]:
+    return {}
+
+
 class _Histogram:
     """Per-bucket counts (not cumulative; the last slot is +Inf), a sum and nothing else."""
 
@@ -89,7 +97,9 @@ class SidecarMetrics(Collector):
     """A sidecar's metrics. Pair every `connection_opened` with one `connection_closed`.
 
     The callbacks are called at scrape time: `seconds_to_expiry` (None without a certificate),
-    `renewals` and `renewal_failures` (the agent's counters) and `ready`.
+    `renewals` and `renewal_failures` (the agent's counters), `ready`, `pending_handshakes`,
+    `records_written` and `records_dropped` (the record sink's counters) and `records_aggregated`
+    (denials folded into aggregates, by reason).
     """
 
     def __init__(
@@ -101,6 +111,10 @@ class SidecarMetrics(Collector):
         renewal_failures: Callable[[], int] = _zero,
         ready: Callable[[], bool] = _false,
         cas_rolled_back: Callable[[], bool] = _false,
+        pending_handshakes: Callable[[], int] = _zero,
+        records_written: Callable[[], int] = _zero,
+        records_dropped: Callable[[], int] = _zero,
+        records_aggregated: Callable[[], Mapping[str, int]] = _no_counts,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._expiry = seconds_to_expiry
@@ -108,6 +122,10 @@ class SidecarMetrics(Collector):
         self._renewal_failures = renewal_failures
         self._ready = ready
         self._cas_rolled_back = cas_rolled_back
+        self._pending_handshakes = pending_handshakes
+        self._records_written = records_written
+        self._records_dropped = records_dropped
+        self._records_aggregated = records_aggregated
         self._connections: Counter[tuple[str, str, str]] = Counter()
         self._active: Counter[str] = Counter({d: 0 for d in DIRECTIONS})
         self._bytes: Counter[tuple[str, str]] = Counter(
@@ -229,7 +247,30 @@ class SidecarMetrics(Collector):
             "Requests on WAF routes each rule matched (CRS ids, NS-9xxxxx for netshield's own).",
             labels=["rule"],
         )
+        pending = GaugeMetricFamily(
+            "netshield_pending_handshakes",
+            "Inbound connections in their TLS handshake (limits.max_handshakes bounds them).",
+        )
+        written = CounterMetricFamily(
+            "netshield_records_written", "Connection records handed to the record sink."
+        )
+        dropped = CounterMetricFamily(
+            "netshield_records_dropped",
+            "Connection record writes that failed (disk full, unwritable file): the connections "
+            "were proxied but their records are lost.",
+        )
+        aggregated = CounterMetricFamily(
+            "netshield_records_aggregated",
+            "Denials folded into an aggregate record (records.aggregate_denials) instead of "
+            "written one by one, by reason.",
+            labels=["reason"],
+        )
         if sample:
+            pending.add_metric([], self._pending_handshakes())
+            written.add_metric([], self._records_written())
+            dropped.add_metric([], self._records_dropped())
+            for reason, count in sorted(self._records_aggregated().items()):
+                aggregated.add_metric([reason], count)
             for (engine, action), count in sorted(self._waf_requests.items()):
                 waf_requests.add_metric([engine, action], count)
             for rule, count in sorted(self._waf_rules.items()):
@@ -256,6 +297,7 @@ class SidecarMetrics(Collector):
         yield from (connections, active, relayed, handshakes, expiry, renewals, failures, ready)
         yield rolled_back
         yield from (peer_connections, peer_bytes, waf_requests, waf_rules)
+        yield from (pending, written, dropped, aggregated)
 
 
 __all__ = ["CONTENT_TYPE", "HANDSHAKE_BUCKETS", "MAX_PEERS", "SidecarMetrics"]

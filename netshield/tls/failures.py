@@ -10,7 +10,9 @@ map to TLS_HANDSHAKE_FAILED with OpenSSL's reason named in the detail; timeouts 
 HANDSHAKE_TIMEOUT. After the handshake (`after_handshake=True`) a failure that is not the peer
 refusing this side's certificate or parameters (TLS 1.3 reports those on the first read) maps to
 TLS_STREAM_ERROR: a record that failed its integrity check, a malformed record, an unexpected
-message.
+message. A server that sends a fatal user_canceled alert before its ServerHello is refusing for
+capacity (`CAPACITY_ALERT`, what a netshield sidecar at limits.max_connections answers): a client
+maps it to PEER_AT_CAPACITY.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ _UNTRUSTED_CODES = {
     20: "it is not issued by this trust domain's mesh CA",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
     21: "it is not issued by this trust domain's mesh CA",  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
 }
+
+CAPACITY_ALERT = bytes([21, 3, 3, 0, 2, 2, 90])
+"""A plaintext TLS record: alert, fatal, user_canceled. A sidecar at capacity writes it to a new
+connection instead of starting a handshake ("cancelling the handshake for some reason unrelated
+to a protocol failure", RFC 8446 §6.1); OpenSSL never sends it on its own."""
 
 # Alerts the peer sent us, by OpenSSL reason, and what they mean for this side.
 _ALERTS = {
@@ -126,6 +133,12 @@ def _verify_failure(err: ssl.SSLCertVerificationError, peer: str) -> TlsFailure:
 
 def _ssl_failure(err: ssl.SSLError, peer: str) -> TlsFailure:
     name = str(err.reason or "")
+    if name == "TLSV1_ALERT_USER_CANCELLED" and peer == "server":
+        return TlsFailure(
+            Reason.PEER_AT_CAPACITY,
+            "the server refused the connection: it is at capacity (its limits.max_connections); "
+            "retry later or add capacity there",
+        )
     if name == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         return TlsFailure(Reason.PEER_CERT_MISSING, f"the {peer} presented no certificate")
     if name in _ALERTS:

@@ -87,14 +87,15 @@ class _Counts:
     last_denied: tuple[str, str, str, str, str] | None = None
 
     def add(self, rec: ConnectionRecord) -> None:
+        n = rec.count  # an aggregate of a flood's denials stands for many connections
         if rec.decision == "allow":
-            self.allowed += 1
+            self.allowed += n
             if rec.mode == "audit" and rec.reason != "OK":
-                self.audited += 1
+                self.audited += n
         else:
-            self.denied += 1
+            self.denied += n
         if rec.reason != "OK":
-            self.reasons[rec.reason] += 1
+            self.reasons[rec.reason] += n
         key = (rec.ts, rec.conn_id, rec.decision, rec.reason, rec.detail)
         self.merge_last(key, key if rec.decision == "deny" else None)
 
