@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from netshield import __version__
+from netshield.cas.ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from netshield.errors import ConfigError, NetshieldError, UsageError
 
 Command = Callable[[argparse.Namespace], int]
@@ -216,6 +217,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0")
+    return value
+
+
 def cmd_cas_serve(args: argparse.Namespace) -> int:
     from netshield.cas.server import CasOptions, serve
     from netshield.netaddr import HostPort
@@ -241,6 +252,8 @@ def cmd_cas_serve(args: argparse.Namespace) -> int:
         database=database,
         database_password_file=password_file,
         chain_lock=args.chain_lock,
+        rate_per_source=args.rate_per_source,
+        burst_per_source=args.burst_per_source,
     )
     _run(serve(options))
     return 0
@@ -507,6 +520,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["advisory", "serializable"],
         default="advisory",
         help="with --database: how replicas serialize the audit chain (default advisory)",
+    )
+    q.add_argument(
+        "--rate-per-source",
+        type=_positive_float,
+        default=DEFAULT_RATE,
+        metavar="N",
+        help=f"nonce and attestation requests per second one address may make (default "
+        f"{DEFAULT_RATE:g}; more answer 429 RATE_LIMITED)",
+    )
+    q.add_argument(
+        "--burst-per-source",
+        type=int,
+        default=DEFAULT_BURST,
+        metavar="N",
+        help=f"... in bursts of up to N (default {DEFAULT_BURST})",
     )
     q.set_defaults(func=cmd_cas_serve)
 

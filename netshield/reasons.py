@@ -41,6 +41,8 @@ class Reason(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     BUSY = "BUSY"
+    RATE_LIMITED = "RATE_LIMITED"
+    REQUEST_TOO_SLOW = "REQUEST_TOO_SLOW"
     # --- attestation, in the order the CAS checks them (DESIGN §3.4) ---
     PLATFORM_UNAVAILABLE = "PLATFORM_UNAVAILABLE"
     WORKLOAD_NOT_MEASURABLE = "WORKLOAD_NOT_MEASURABLE"
@@ -166,6 +168,20 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.REQUEST,
             503,
             "The CAS is at its limit of concurrent attestations; retry with backoff.",
+        ),
+        _r(
+            Reason.RATE_LIMITED,
+            Stage.REQUEST,
+            429,
+            "This address asked for nonces or attestations faster than --rate-per-source allows; "
+            "retry after the Retry-After seconds (many sidecars behind one NAT address: raise it).",
+        ),
+        _r(
+            Reason.REQUEST_TOO_SLOW,
+            Stage.REQUEST,
+            408,
+            "The client did not send its request within the CAS's request timeout (a slow or "
+            "stalled client); check the network between it and the CAS.",
         ),
         _r(
             Reason.PLATFORM_UNAVAILABLE,

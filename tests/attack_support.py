@@ -80,7 +80,7 @@ class Attacker:
             text=True,
         )
         self.holding: dict[str, Any] | None = None
-        if mode in ("idle", "slowloris"):
+        if mode in ("idle", "slowloris", "slowhttp"):
             assert self.popen.stdout is not None
             self.holding = json.loads(self.popen.stdout.readline())
 

@@ -14,6 +14,10 @@ Modes:
   certificate to present, none without) from ``--threads`` threads; each sends ``--payload``
   (if any), reads one byte (or its refusal) and closes.
 - ``bytes``: `count` connections that each send ``--payload`` (hex) and close.
+- ``nonces``: POST /v1/nonce to a CAS over HTTPS (keep-alive) from ``--threads`` threads for
+  ``--seconds``, counting the answers by status.
+- ``slowhttp``: `count` TLS connections to a CAS that send a request head one byte a second
+  (``--body``: a full head announcing a body that then trickles); counts how they ended.
 
 Connections come from the ``--source`` addresses in turn (several: a distributed attacker).
 It prints one JSON line ``{"event": "holding", ...}`` once it holds its connections (idle,
@@ -29,6 +33,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import resource
 import selectors
 import socket
@@ -223,12 +228,112 @@ def send_bytes(args: argparse.Namespace, stats: Stats, stop: threading.Event) ->
             stats.connect_errors += 1
 
 
+def nonces(args: argparse.Namespace, stats: Stats, stop: threading.Event) -> None:
+    import http.client
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + args.seconds
+    lock = threading.Lock()
+
+    def run() -> None:
+        source = next(args.sources)
+        conn: http.client.HTTPSConnection | None = None
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPSConnection(
+                        args.host, args.port, context=ctx, timeout=10, source_address=(source, 0)
+                    )
+                conn.request("POST", "/v1/nonce", body=b"", headers={"Content-Length": "0"})
+                response = conn.getresponse()
+                response.read()
+                outcome = str(response.status)
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as err:
+                outcome = type(err).__name__
+                if conn is not None:
+                    conn.close()
+                conn = None
+            with lock:
+                stats.opened += 1
+                stats.outcome(outcome)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(args.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def slow_http(args: argparse.Namespace, stats: Stats, stop: threading.Event) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    path = b"/v1/attest" if args.body else b"/v1/nonce"
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: cas\r\nContent-Type: application/json\r\n"
+    if args.body:
+        head += b"Content-Length: 1000\r\n\r\n{"  # a head, then a body that never comes
+    conns: list[ssl.SSLSocket] = []
+    for _ in range(args.count):
+        raw = socket.create_connection(
+            (args.host, args.port), timeout=10, source_address=(next(args.sources), 0)
+        )
+        tls = ctx.wrap_socket(raw)
+        if args.body:
+            tls.sendall(head)  # at once: the head is complete, the body then never comes
+        tls.setblocking(False)
+        conns.append(tls)
+        stats.opened += 1
+    print(json.dumps({"event": "holding", "open": len(conns)}), flush=True)
+    sent = 0 if not args.body else len(head)
+    deadline = time.monotonic() + args.seconds
+    alive = set(range(len(conns)))
+    while alive and not stop.is_set() and time.monotonic() < deadline:
+        for i in list(alive):
+            tls = conns[i]
+            try:
+                data = tls.recv(4096)
+                if not data:
+                    raise ConnectionResetError
+                status = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/") else "data"
+                with contextlib.suppress(OSError):  # the rest of the answer: its reason code
+                    tls.setblocking(True)
+                    tls.settimeout(2)
+                    data += tls.recv(4096)
+                code = re.search(rb'"reason": ?"([A-Z_]+)"', data)
+                stats.outcome(f"answered {status}" + (f" {code.group(1).decode()}" if code else ""))
+                alive.discard(i)
+                stats.dropped_by_peer += 1
+                continue
+            except (ssl.SSLWantReadError, BlockingIOError):
+                pass
+            except OSError:
+                stats.outcome("closed")
+                stats.dropped_by_peer += 1
+                alive.discard(i)
+                continue
+            if not args.body and sent < len(head):
+                with contextlib.suppress(OSError):
+                    tls.send(head[sent : sent + 1])
+        sent += 1
+        time.sleep(1.0)
+    stats.max_open = len(alive)
+    for tls in conns:
+        tls.close()
+
+
 MODES = {
     "idle": hold,
     "slowloris": hold,
     "churn": churn,
     "handshake": handshakes,
     "bytes": send_bytes,
+    "nonces": nonces,
+    "slowhttp": slow_http,
 }
 
 
@@ -245,6 +350,7 @@ def main() -> int:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     parser.add_argument("--payload", default="")
+    parser.add_argument("--body", action="store_true")
     args = parser.parse_args()
     host, port = args.target.rsplit(":", 1)
     args.host, args.port = host, int(port)

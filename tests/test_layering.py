@@ -23,6 +23,7 @@ PURE = [
     "attestation",
     "cas/auditlog.py",
     "waf",
+    "cas/ratelimit.py",
     "cas/store/model.py",
     "cas/store/integrity.py",
     "cas/store/backend.py",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 import uuid
 from collections.abc import Iterator
@@ -99,42 +100,29 @@ def test_a_closed_store_refuses_calls_and_close_is_idempotent(store: CasStore) -
 
 
 # --- nonces ---------------------------------------------------------------------------------
+# Issued nonces are self-certifying (tests/test_nonces.py); the store keeps the used ones.
+EXP = T0 + TTL
 
 
-def test_nonce_is_valid_once(store: CasStore) -> None:
-    nonce = store.issue_nonce(now=T0, ttl=TTL)
-    assert len(nonce) == 32
-    assert store.consume_nonce(nonce, now=T0 + timedelta(seconds=1)) is NonceStatus.VALID
+def used(store: CasStore, nonce: bytes, now: datetime = T0) -> NonceStatus:
+    return store.use_nonce(nonce, expires_at=EXP, now=now)
 
 
-def test_nonce_used_twice_is_reused(store: CasStore) -> None:
-    nonce = store.issue_nonce(now=T0, ttl=TTL)
-    store.consume_nonce(nonce, now=T0)
-    assert store.consume_nonce(nonce, now=T0 + timedelta(seconds=1)) is NonceStatus.REUSED
+def test_a_nonce_is_used_once(store: CasStore) -> None:
+    nonce = secrets.token_bytes(32)
+    assert used(store, nonce) is NonceStatus.VALID
+    assert used(store, nonce, T0 + timedelta(seconds=1)) is NonceStatus.REUSED
 
 
-def test_nonce_presented_at_its_expiry_is_expired(store: CasStore) -> None:
-    nonce = store.issue_nonce(now=T0, ttl=TTL)
-    assert store.consume_nonce(nonce, now=T0 + TTL) is NonceStatus.EXPIRED
+@pytest.mark.parametrize("nonce", [b"short", b""])
+def test_a_nonce_of_the_wrong_size_is_unknown(store: CasStore, nonce: bytes) -> None:
+    assert used(store, nonce) is NonceStatus.UNKNOWN
 
 
-def test_nonce_presented_just_before_expiry_is_valid(store: CasStore) -> None:
-    nonce = store.issue_nonce(now=T0, ttl=TTL)
-    assert store.consume_nonce(nonce, now=T0 + TTL - timedelta(microseconds=1)) is (
-        NonceStatus.VALID
-    )
-
-
-@pytest.mark.parametrize("nonce", [bytes(32), b"short", b""])
-def test_nonce_never_issued_is_unknown(store: CasStore, nonce: bytes) -> None:
-    store.issue_nonce(now=T0, ttl=TTL)
-    assert store.consume_nonce(nonce, now=T0) is NonceStatus.UNKNOWN
-
-
-def test_long_expired_nonce_rows_are_pruned(store: CasStore, backing: Backing) -> None:
-    old = store.issue_nonce(now=T0, ttl=TTL)
-    store.issue_nonce(now=T0 + timedelta(hours=2), ttl=TTL)
-    assert store.consume_nonce(old, now=T0 + timedelta(hours=2)) is NonceStatus.UNKNOWN
+def test_used_nonces_are_pruned_after_their_expiry(store: CasStore, backing: Backing) -> None:
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+    used(store, old)
+    store.use_nonce(new, expires_at=EXP + timedelta(hours=2), now=EXP + timedelta(hours=1))
     raw = backing.raw()
     assert raw.execute("SELECT count(*) FROM nonces").fetchone() == (1,)
     raw.close()
@@ -142,8 +130,8 @@ def test_long_expired_nonce_rows_are_pruned(store: CasStore, backing: Backing) -
 
 def test_nonces_are_stored_hashed_and_not_audited(store: CasStore, backing: Backing) -> None:
     head = store.audit_head()
-    nonce = store.issue_nonce(now=T0, ttl=TTL)
-    store.consume_nonce(nonce, now=T0)
+    nonce = secrets.token_bytes(32)
+    used(store, nonce)
     assert store.audit_head() == head == counter_value(store)
     raw = backing.raw()
     stored = [str(r[0]) for r in raw.execute("SELECT digest FROM nonces").fetchall()]
@@ -155,14 +143,14 @@ def test_nonces_are_stored_hashed_and_not_audited(store: CasStore, backing: Back
         assert nonce.hex().encode() not in db
 
 
-def test_concurrent_consumers_of_one_nonce_get_exactly_one_valid(store: CasStore) -> None:
-    nonce = store.issue_nonce(now=T0, ttl=TTL)
+def test_concurrent_users_of_one_nonce_get_exactly_one_valid(store: CasStore) -> None:
+    nonce = secrets.token_bytes(32)
     results = consume_concurrently(store, [nonce] * 20)
     assert sorted(results) == sorted([NonceStatus.VALID] + [NonceStatus.REUSED] * 19)
 
 
-def test_concurrent_consumers_of_distinct_nonces_all_get_valid(store: CasStore) -> None:
-    nonces = [store.issue_nonce(now=T0, ttl=TTL) for _ in range(20)]
+def test_concurrent_users_of_distinct_nonces_all_get_valid(store: CasStore) -> None:
+    nonces = [secrets.token_bytes(32) for _ in range(20)]
     assert consume_concurrently(store, nonces) == [NonceStatus.VALID] * 20
 
 
@@ -172,7 +160,7 @@ def consume_concurrently(store: CasStore, nonces: list[bytes]) -> list[NonceStat
 
     def worker(i: int) -> None:
         barrier.wait()
-        results[i] = store.consume_nonce(nonces[i], now=T0)
+        results[i] = used(store, nonces[i])
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(nonces))]
     for t in threads:

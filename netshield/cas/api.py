@@ -7,8 +7,8 @@ certificate from the mesh CA whose SPIFFE id is an operator (`spiffe://<td>/admi
 
 | method | path | who | what |
 |---|---|---|---|
-| POST | /v1/nonce | anyone | a single-use nonce |
-| POST | /v1/attest | anyone | quote + CSR -> certificate chain, trust bundle, policy slice |
+| POST | /v1/nonce | anyone (rate-limited per address) | a single-use nonce |
+| POST | /v1/attest | anyone (rate-limited per address) | quote + CSR -> certificate chain, trust bundle, policy slice |
 | GET | /v1/trust-bundle | anyone | the mesh CA certificate(s), PEM |
 | GET | /v1/feed?since=N&wait=S&seen=M | anyone | events after N (long-poll), signed checkpoints |
 | GET | /v1/feed/stream?since=N | anyone | the same as server-sent events |
@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -32,11 +34,13 @@ from typing import Any
 
 from aiohttp import web
 
+from netshield.cas.ratelimit import SourceRateLimit
 from netshield.cas.service import AttestRequest, CasService, Issued, RevocationKind
 from netshield.errors import NetshieldError
 from netshield.httpjson import error_response, errors_middleware
 from netshield.identity import SpiffeId
 from netshield.reasons import Reason
+from netshield.serving import GUARD_KEY, REQUEST_SECONDS, FirstRequestGuard, mark_served
 
 log = logging.getLogger("netshield.cas.api")
 
@@ -48,6 +52,7 @@ Clock = Callable[[], datetime]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SERVICE_KEY = web.AppKey("service", CasService)
+RATE_KEY = web.AppKey("rate_limit", SourceRateLimit)
 CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock")
 ATTEST_SLOTS_KEY = web.AppKey("attest_slots", asyncio.Semaphore)
 
@@ -63,11 +68,23 @@ async def read_json(request: web.Request) -> dict[str, Any]:
             f"body of {request.content_length} bytes exceeds {MAX_BODY}",
             reason=Reason.BODY_TOO_LARGE,
         )
-    raw = await request.read()
+    seconds = request.app[GUARD_KEY].seconds  # a body arrives within the request deadline too
+    try:
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise NetshieldError(
+            f"the request body did not arrive within {seconds:g} s",
+            reason=Reason.REQUEST_TOO_SLOW,
+        ) from None
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise NetshieldError(f"body is not JSON: {err}", reason=Reason.REQUEST_MALFORMED) from None
+    except RecursionError:
+        raise NetshieldError(
+            "body is JSON nested too deeply", reason=Reason.REQUEST_MALFORMED
+        ) from None
     if not isinstance(body, dict):
         raise NetshieldError("body must be a JSON object", reason=Reason.REQUEST_MALFORMED)
     return body
@@ -125,15 +142,41 @@ def _int_param(
     return value
 
 
+def rate_limited(request: web.Request) -> web.Response | None:
+    """The 429 answer when the caller's address is over its rate, else None (a token taken)."""
+    limit = request.app[RATE_KEY]
+    source = request.remote or "unknown"
+    wait = limit.acquire(source, time.monotonic())
+    if wait is None:
+        return None
+    if limit.refused % 1000 == 1:
+        log.warning(
+            "rate limit: %s asks for nonces or attestations faster than %g/s (%d refused so far)",
+            source,
+            limit.rate,
+            limit.refused,
+        )
+    response = error_response(
+        Reason.RATE_LIMITED,
+        f"{source} is over its rate of {limit.rate:g} requests/s (burst {limit.burst})",
+    )
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
+
+
 # --- public endpoints --------------------------------------------------------------------------
 async def handle_nonce(request: web.Request) -> web.Response:
+    if (refused := rate_limited(request)) is not None:
+        return refused
     service, now = request.app[SERVICE_KEY], request.app[CLOCK_KEY]()
-    nonce, expires = await asyncio.to_thread(service.new_nonce, now)
+    nonce, expires = service.new_nonce(now)  # no I/O: a nonce is self-certifying
     return web.json_response({"nonce": nonce.hex(), "expires_at": expires.isoformat()})
 
 
 async def handle_attest(request: web.Request) -> web.Response:
     app = request.app
+    if (refused := rate_limited(request)) is not None:
+        return refused
     body = await read_json(request)
     attest = AttestRequest.from_json(body)
     slots = app[ATTEST_SLOTS_KEY]
@@ -309,11 +352,17 @@ def make_app(
     *,
     clock: Clock = utc_now,
     max_attestations: int = MAX_CONCURRENT_ATTESTATIONS,
+    rate_limit: SourceRateLimit | None = None,
+    request_timeout: float = REQUEST_SECONDS,
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware("CAS", log)])
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[errors_middleware("CAS", log), mark_served]
+    )
     app[SERVICE_KEY] = service
     app[CLOCK_KEY] = clock
     app[ATTEST_SLOTS_KEY] = asyncio.Semaphore(max_attestations)
+    app[RATE_KEY] = rate_limit if rate_limit is not None else SourceRateLimit()
+    app[GUARD_KEY] = FirstRequestGuard(request_timeout)
     app.router.add_post("/v1/nonce", handle_nonce)
     app.router.add_post("/v1/attest", handle_attest)
     app.router.add_get("/v1/trust-bundle", handle_trust_bundle)

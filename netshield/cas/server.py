@@ -35,6 +35,7 @@ from netshield.attestation.verifier import SimulatedQuoteVerifier
 from netshield.cas.api import MAX_CONCURRENT_ATTESTATIONS, Clock, make_app, utc_now
 from netshield.cas.collateral import CollateralFiles
 from netshield.cas.counter import MonotonicCounter
+from netshield.cas.ratelimit import DEFAULT_BURST, DEFAULT_RATE, SourceRateLimit
 from netshield.cas.service import CasService, bootstrap_policy
 from netshield.cas.store import CasStore
 from netshield.cas.store.backend import ChainLock
@@ -46,7 +47,7 @@ from netshield.pki.checkpoint import CheckpointSigner
 from netshield.pki.keys import generate_key
 from netshield.policy import parse_policy
 from netshield.reasons import Reason
-from netshield.serving import start_site, stop_on_signals
+from netshield.serving import REQUEST_SECONDS, runner_options, start_site, stop_on_signals
 from netshield.tls.material import cas_server_context
 from netshield.trustdomain import load_cas_material
 
@@ -67,6 +68,9 @@ class CasOptions:
     server_names: tuple[str, ...] = ()
     nonce_ttl: timedelta = timedelta(seconds=30)
     max_attestations: int = MAX_CONCURRENT_ATTESTATIONS
+    rate_per_source: float = DEFAULT_RATE  # nonce and attestation requests per second per address
+    burst_per_source: int = DEFAULT_BURST
+    request_timeout: float = REQUEST_SECONDS  # TLS handshake, first request head, request body
     collateral_dir: Path | None = None
     unsafe_evidence_roots: Path | None = None
     database: str | None = None  # a postgresql:// URL without password; None: SQLite in state_dir
@@ -243,10 +247,17 @@ async def running_cas(options: CasOptions, *, clock: Clock = utc_now) -> AsyncIt
             service.ca, service.policy.trust_domain, options.listen, options.server_names, now
         )
         runner = web.AppRunner(
-            make_app(service, clock=clock, max_attestations=options.max_attestations),
+            make_app(
+                service,
+                clock=clock,
+                max_attestations=options.max_attestations,
+                rate_limit=SourceRateLimit(options.rate_per_source, options.burst_per_source),
+                request_timeout=options.request_timeout,
+            ),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=2.0,
+            **runner_options(),
         )
         await runner.setup()
         try:

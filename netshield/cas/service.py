@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from netshield.attestation.appraisal import Decision, appraise
 from netshield.attestation.verifier import QuoteVerifier
@@ -29,6 +30,7 @@ from netshield.cas.store import CasStore, Revocation, StoredPolicy
 from netshield.cas.store.model import SerialTaken
 from netshield.errors import ConfigError, CsrError, NetshieldError, QuoteError
 from netshield.identity import SpiffeId
+from netshield.nonces import NonceMinter, NonceStatus
 from netshield.pki.ca import CertificateAuthority, issue_certificate, random_serial
 from netshield.pki.certext import AttestationClaims
 from netshield.pki.checkpoint import SignedCheckpoint
@@ -143,6 +145,17 @@ class Feed:
         self._moved.set()
 
 
+NONCE_KEY_INFO = b"netshield nonce key v1"
+
+
+def nonce_key(ca: CertificateAuthority) -> bytes:
+    """The key nonces are minted under: derived from the mesh CA's private key (HKDF-SHA256), so
+    every replica holding the CA checks every replica's nonces, and no other secret is kept.
+    Whoever holds the CA key can mint certificates, which is more than minting nonces."""
+    secret = ca.key.private_numbers().private_value.to_bytes(32, "big")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=NONCE_KEY_INFO).derive(secret)
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
@@ -163,6 +176,7 @@ class CasService:
         self.ca = ca
         self.verifier = verifier
         self.nonce_ttl = nonce_ttl
+        self.nonces = NonceMinter(nonce_key(ca))
         self.feed = Feed()
         self._serials = serials
         stored = store.current_policy()
@@ -223,16 +237,26 @@ class CasService:
 
     # --- nonces and attestation --------------------------------------------------------------
     def new_nonce(self, now: datetime) -> tuple[bytes, datetime]:
-        return self.store.issue_nonce(now=now, ttl=self.nonce_ttl), now + self.nonce_ttl
+        """A fresh nonce and its expiry: self-certifying, so issuing one writes nothing."""
+        return self.nonces.mint(now, self.nonce_ttl), now + self.nonce_ttl
 
     def attest(self, request: AttestRequest, now: datetime) -> Issued | Refused:
-        """Check evidence + CSR in the order of DESIGN §3.4; issue a certificate or refuse."""
-        nonce_status = self.store.consume_nonce(request.nonce, now=now)
+        """Check evidence + CSR in the order of DESIGN §3.4; issue a certificate or refuse.
+
+        The nonce is checked first (genuine and unexpired: no I/O) and marked used only once the
+        evidence verified, so a request without evidence from a certified platform writes
+        nothing; two requests racing with one nonce get one VALID between them."""
+        checked = self.nonces.check(request.nonce, now)
         try:
             verified = self.verifier.verify(request.quote, now=now)
         except QuoteError as err:
             kind = getattr(err, "evidence_type", None)
             return self._refuse(err.reason, str(err), request.service, None, None, now, kind)
+        nonce_status = checked.status
+        if nonce_status is NonceStatus.VALID and checked.expires_at is not None:
+            nonce_status = self.store.use_nonce(
+                request.nonce, expires_at=checked.expires_at, now=now
+            )
         kind = verified.evidence_type
         try:
             csr = parse_csr(request.csr_pem)

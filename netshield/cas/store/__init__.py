@@ -12,7 +12,6 @@
 
 from netshield.cas.store.core import CasStore
 from netshield.cas.store.model import (
-    NONCE_BYTES,
     REVOCATION_KINDS,
     SCHEMA_VERSION,
     IssuedCert,
@@ -25,6 +24,7 @@ from netshield.cas.store.model import (
 )
 from netshield.cas.store.rollback import read_audit_offline, verify_state
 from netshield.cas.store.sqlite import DB_NAME, LOCK_NAME
+from netshield.nonces import NONCE_BYTES
 
 __all__ = [
     "DB_NAME",

@@ -96,18 +96,12 @@ class StateTx(Protocol):
         is none; the PEM is None if the signer's row is missing."""
         ...
 
-    # --- nonces (stored as digests; see `model.nonce_digest`)
+    # --- nonces (stored as digests; see `model.nonce_digest`), only once they are used
     def prune_nonces(self, expired_before: str) -> None: ...
 
-    def insert_nonce(self, digest: str, expires_at: str) -> None: ...
-
-    def nonce(self, digest: str) -> tuple[str, str | None] | None:
-        """``(expires_at, used_at)`` of a stored nonce, None if unknown."""
-        ...
-
-    def claim_nonce(self, digest: str, now: str) -> bool:
-        """Mark the nonce used if it is stored, unused and unexpired at ``now``, in one
-        statement; False otherwise (unknown, expired, or used already by anyone, concurrently)."""
+    def use_nonce(self, digest: str, expires_at: str, now: str) -> bool:
+        """Store the nonce as used, in one statement; False if it was stored already (used by
+        anyone before, concurrently included)."""
         ...
 
     # --- policies

@@ -14,14 +14,15 @@ Guarantees (AM7.1, disk rollback), whatever the backend (the checks are in `roll
   database of a location that had a state was deleted.
 - A crash between commit and counter update leaves the log one step ahead; the next open
   checks that the log still contains the counter's head and then catches the counter up.
-- Nonces are not audited (they are the hot path); a restored copy that would revive a used
-  nonce is still caught, because every consumed nonce is followed by an audited decision.
+- Nonces are not audited (they are the hot path) and only used ones are stored (issued nonces
+  are self-certifying, `netshield.nonces`); a restored copy that would revive a used nonce is
+  still caught, because every consumed nonce is followed by an audited decision.
 - With a `CheckpointSigner` (the CAS always has one), every audit entry gets a signed
   checkpoint in its own transaction, and open refuses a state whose checkpoints disagree with
   its log or whose head the CAS did not sign (`AUDIT_CHAIN_BROKEN`): rewriting the chain and
   the counter together needs the CAS's in-memory key.
-- No key material is stored: nonces are kept as SHA-256 digests; certificates only by serial,
-  fingerprint and claims; checkpoints by their public signer certificate.
+- No key material is stored: used nonces are kept as SHA-256 digests; certificates only by
+  serial, fingerprint and claims; checkpoints by their public signer certificate.
 
 Concurrency: with a backend of its own (SQLite), every audited mutation holds one re-entrant
 lock for its whole duration (transaction and counter write included), so the asyncio thread
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -66,7 +66,6 @@ from netshield.cas.store.model import (
     EV_REVOKE,
     EV_UPGRADE,
     FEED_EVENTS,
-    NONCE_BYTES,
     RESERVED_EVENTS,
     REVOCATION_KINDS,
     SCHEMA_VERSION,
@@ -91,12 +90,12 @@ from netshield.cas.store.rollback import (
 from netshield.cas.store.sqlite import SqliteBackend
 from netshield.errors import NetshieldError
 from netshield.identity import name_problem
-from netshield.nonces import NonceStatus
+from netshield.nonces import NONCE_BYTES, NonceStatus
 from netshield.pki.checkpoint import Checkpoint, CheckpointSigner, SignedCheckpoint
 from netshield.reasons import Reason
 
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
-_NONCE_KEEP = timedelta(hours=1)  # rows stay this long past expiry, then are pruned
+_NONCE_GRACE = timedelta(minutes=1)  # used nonces' rows stay this long past expiry
 OBSERVE_WITNESS_INTERVAL = 1.0  # seconds: how far a replica's witness may lag what it saw
 
 
@@ -333,38 +332,20 @@ class CasStore:
 
     # ------------------------------------------------------------------ nonces
 
-    def issue_nonce(self, *, now: datetime, ttl: timedelta) -> bytes:
-        """A fresh single-use nonce valid until ``now + ttl`` (stored as its SHA-256 only).
-
-        Rows an hour past their expiry are pruned here.
-        """
-        if ttl <= timedelta(0):
-            raise ValueError("a nonce needs a positive lifetime")
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        digest, expires_at = nonce_digest(nonce), rfc3339(now + ttl)
-
-        def work(tx: StateTx) -> None:
-            tx.prune_nonces(rfc3339(now - _NONCE_KEEP))
-            tx.insert_nonce(digest, expires_at)
-
-        self.backend.write(work, chained=False)
-        return nonce
-
-    def consume_nonce(self, nonce: bytes, *, now: datetime) -> NonceStatus:
-        """Use ``nonce`` once: VALID the first time, then REUSED; EXPIRED or UNKNOWN otherwise."""
+    def use_nonce(self, nonce: bytes, *, expires_at: datetime, now: datetime) -> NonceStatus:
+        """Record that the (genuine, unexpired: `NonceMinter.check`) ``nonce`` is used: VALID the
+        first time at any replica, REUSED after. One statement; rows of nonces that expired
+        (with a minute's grace for replicas' clocks) are pruned here."""
         if len(nonce) != NONCE_BYTES:
             return NonceStatus.UNKNOWN
-        stamp, digest = rfc3339(now), nonce_digest(nonce)
+        digest, stamp = nonce_digest(nonce), rfc3339(now)
 
-        def work(tx: StateTx) -> NonceStatus:
-            if tx.claim_nonce(digest, stamp):  # the one statement of the usual case
-                return NonceStatus.VALID
-            row = tx.nonce(digest)
-            if row is None or row[0] < rfc3339(now - _NONCE_KEEP):
-                return NonceStatus.UNKNOWN  # never issued, or long gone (pruned)
-            return NonceStatus.REUSED if row[1] is not None else NonceStatus.EXPIRED
+        def work(tx: StateTx) -> bool:
+            tx.prune_nonces(rfc3339(now - _NONCE_GRACE))
+            return tx.use_nonce(digest, rfc3339(expires_at), stamp)
 
-        return self.backend.write(work, chained=False)
+        first = self.backend.write(work, chained=False)
+        return NonceStatus.VALID if first else NonceStatus.REUSED
 
     # ------------------------------------------------------------------ policy
 

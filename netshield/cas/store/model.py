@@ -19,7 +19,6 @@ from netshield.reasons import Reason
 
 SCHEMA_VERSION = 3  # 1: the tables; 2: an index that serves the feed; 3: signed checkpoints
 CHECKPOINT_SCHEMA = 3  # the first version that has the checkpoint tables
-NONCE_BYTES = 32
 
 RevocationKind = Literal["instance", "service", "platform"]
 REVOCATION_KINDS: tuple[RevocationKind, ...] = ("instance", "service", "platform")

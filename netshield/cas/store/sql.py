@@ -219,17 +219,11 @@ class SqlStateTx:
     def prune_nonces(self, expired_before: str) -> None:
         self._run("DELETE FROM nonces WHERE expires_at < ?", (expired_before,))
 
-    def insert_nonce(self, digest: str, expires_at: str) -> None:
-        self._run("INSERT INTO nonces (digest, expires_at) VALUES (?, ?)", (digest, expires_at))
-
-    def nonce(self, digest: str) -> tuple[str, str | None] | None:
-        row = self._one("SELECT expires_at, used_at FROM nonces WHERE digest = ?", (digest,))
-        return None if row is None else (row[0], row[1])
-
-    def claim_nonce(self, digest: str, now: str) -> bool:
+    def use_nonce(self, digest: str, expires_at: str, now: str) -> bool:
         cursor = self._run(
-            "UPDATE nonces SET used_at = ? WHERE digest = ? AND used_at IS NULL AND expires_at > ?",
-            (now, digest, now),
+            "INSERT INTO nonces (digest, expires_at, used_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (digest) DO NOTHING",
+            (digest, expires_at, now),
         )
         return cursor.rowcount == 1
 
