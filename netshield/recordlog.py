@@ -20,8 +20,11 @@ logrotate moved it (``create`` mode) or truncated it (``copytruncate``, which ca
 records written between its copy and its truncate).
 
 Guarantees: `write` never raises for an I/O failure (a full disk, a closed stdout): it counts the
-record as dropped and logs once per outage, so the data plane keeps running; records are never
-written to the diagnostic log. `close` is idempotent and never closes standard output.
+record as dropped and logs once per outage, so the data plane keeps running (the sidecar's
+documented choice: keep proxying, count the lost records in `netshield_records_dropped_total`);
+a record the disk had room for only part of is cut off again, so the file holds whole lines
+that still chain. Records are never written to the diagnostic log. `close` is idempotent and
+never closes standard output.
 """
 
 from __future__ import annotations
@@ -236,7 +239,12 @@ class _ChainedFile:
                 if self.max_bytes and size > 0 and size + len(data) > self.max_bytes:  # noqa: SIM102
                     if self._rotate():
                         continue  # the next round opens the new file and chains to FILE.1
-                _write_all(fd, data)
+                try:
+                    _write_all(fd, data)
+                except OSError:
+                    with contextlib.suppress(OSError):  # a full disk took part of the line:
+                        os.ftruncate(fd, size)  # drop the record whole, leave no torn line
+                    raise
                 self._end = size + len(data)
                 self._last_line, self._last_link = line[:-1], link
                 self._needs_newline = False

@@ -159,9 +159,9 @@ class Mesh:
     def ca_pem(self) -> Path:
         return self.layout.cas_state / "mesh-ca.pem"
 
-    def start_cas(self) -> Proc:
+    def start_cas(self, listen: str = "127.0.0.1:0", name: str = "cas") -> Proc:
         self.cas = start(
-            "cas",
+            name,
             [
                 "cas",
                 "serve",
@@ -170,7 +170,7 @@ class Mesh:
                 "--state",
                 str(self.layout.cas_state),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--counter",
                 str(self.root / "cas.counter"),
             ],
@@ -178,6 +178,12 @@ class Mesh:
         )
         self.procs.append(self.cas)
         return self.cas
+
+    def restart_cas(self, name: str = "cas-again") -> Proc:
+        """Start the CAS again on the address it had (the sidecars know its URL); the old process
+        must be gone (stopped or killed)."""
+        assert self.cas is not None and self.cas.popen.poll() is not None
+        return self.start_cas(str(self.cas.ready["listen"]["api"]), name)
 
     def admin_args(self) -> list[str]:
         """`--cas URL --admin DIR`: how operator commands reach this mesh's CAS."""

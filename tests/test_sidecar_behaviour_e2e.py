@@ -229,7 +229,7 @@ def test_raising_the_epoch_reattests_everyone_and_cuts_off_stale_peers(
         assert roundtrip(frontend.addr("outbound:orders"), b"fresh") == b"fresh"
 
 
-def test_cas_down_during_renewal_serves_until_expiry_then_fails_closed(
+def test_cas_down_during_renewal_serves_until_expiry_then_fails_closed_and_recovers(
     tmp_path: Path, echo: EchoServer
 ) -> None:
     with running_mesh(tmp_path, lifetime="1m") as mesh:
@@ -285,6 +285,18 @@ def test_cas_down_during_renewal_serves_until_expiry_then_fails_closed(
             lambda r: r["close_reason"] in ("CREDENTIALS_EXPIRED", "PEER_CERT_EXPIRED"),
         )
         assert rec["bytes_in"] == 1
+        # the CAS comes back: both sidecars attest again by themselves and serve again
+        mesh.restart_cas()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and http_get(base + "/readyz")[0] != 200:
+            time.sleep(0.5)
+        assert http_get(base + "/readyz")[0] == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if roundtrip(frontend.addr("outbound:orders"), b"back") == b"back":
+                break
+            time.sleep(0.5)
+        assert roundtrip(frontend.addr("outbound:orders"), b"again") == b"again"
 
 
 async def test_private_key_never_leaves_the_sidecars_memory(

@@ -52,6 +52,11 @@ from netshield.tls.material import cas_client_context
 
 log = logging.getLogger("netshield.agent")
 
+FEED_BACKOFF_CAP = timedelta(seconds=5)
+"""The feed reconnects within this long of the CAS coming back (a revocation must arrive within
+seconds, even after an outage); a long-poll is cheap, unlike an attestation (which backs off up
+to its own cap)."""
+
 Clock = Callable[[], datetime]
 Rand = Callable[[], float]
 RevocationListener = Callable[[Mapping[str, Any]], None]
@@ -323,7 +328,10 @@ class Agent:
             except Exception as err:  # CasUnreachable, CasRefused, a malformed answer, a timeout
                 failures += 1
                 delay = backoff(
-                    failures - 1, base=self._backoff_base, cap=self._backoff_cap, rand=self._rand()
+                    failures - 1,
+                    base=self._backoff_base,
+                    cap=min(self._backoff_cap, FEED_BACKOFF_CAP),
+                    rand=self._rand(),
                 )
                 if failures == 1 or self.cas_reachable:
                     log.warning(
