@@ -256,9 +256,8 @@ async def handle_readyz(request: web.Request) -> web.Response:
 
 
 # --- admin endpoints ---------------------------------------------------------------------------
-async def handle_revoke(request: web.Request) -> web.Response:
-    actor = require_admin(request)
-    body = await read_json(request)
+def parse_revoke(body: dict[str, Any]) -> tuple[RevocationKind, str, str]:
+    """``{kind, target, note}`` of a revoke request; NetshieldError(REQUEST_MALFORMED) else."""
     kind, target, note = body.get("kind"), body.get("target"), body.get("note", "")
     if kind not in ("instance", "service", "platform") or not isinstance(target, str) or not target:
         raise NetshieldError(
@@ -267,8 +266,21 @@ async def handle_revoke(request: web.Request) -> web.Response:
         )
     if not isinstance(note, str):
         raise NetshieldError("note must be a string", reason=Reason.REQUEST_MALFORMED)
-    service = request.app[SERVICE_KEY]
+    for name, text in (("target", target), ("note", note)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise NetshieldError(
+                f"{name} is not text (a lone surrogate)", reason=Reason.REQUEST_MALFORMED
+            ) from None
     rk: RevocationKind = kind
+    return rk, target, note
+
+
+async def handle_revoke(request: web.Request) -> web.Response:
+    actor = require_admin(request)
+    rk, target, note = parse_revoke(await read_json(request))
+    service = request.app[SERVICE_KEY]
     revocation = await asyncio.to_thread(
         service.revoke, rk, target, actor=actor, note=note, now=request.app[CLOCK_KEY]()
     )

@@ -79,7 +79,18 @@ class AttestRequest:
             quote = base64.b64decode(quote_b64, validate=True)
         except (binascii.Error, ValueError):
             raise NetshieldError("quote is not base64", reason=Reason.QUOTE_MALFORMED) from None
-        return cls(service=service, nonce=nonce, quote=quote, csr_pem=csr.encode())
+        if not service.isascii() or len(service) > MAX_NAME:
+            raise NetshieldError(
+                "service is not a service name (ASCII, at most 63 characters)",
+                reason=Reason.REQUEST_MALFORMED,
+            )
+        try:
+            csr_pem = csr.encode("ascii")  # PEM is ASCII; a lone surrogate is not even UTF-8
+        except UnicodeEncodeError:
+            raise NetshieldError(
+                "csr is not PEM: it contains non-ASCII characters", reason=Reason.CSR_MALFORMED
+            ) from None
+        return cls(service=service, nonce=nonce, quote=quote, csr_pem=csr_pem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,7 @@ class Feed:
         self._moved.set()
 
 
+MAX_NAME = 63  # the longest service name a policy takes
 NONCE_KEY_INFO = b"netshield nonce key v1"
 
 

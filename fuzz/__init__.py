@@ -1,0 +1,1 @@
+"""Coverage-guided fuzz targets (atheris) for netshield's parsers of untrusted bytes."""
