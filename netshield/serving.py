@@ -57,7 +57,9 @@ class FirstRequestGuard:
         if entry is not None:
             entry[1].cancel()
 
-    def __len__(self) -> int:
+    @property
+    def pending(self) -> int:
+        """Connections that have not sent a request head yet."""
         return len(self._pending)
 
     def _expire(self, key: int) -> None:
@@ -109,7 +111,7 @@ class _GuardedSite(web.TCPSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
-            ssl_handshake_timeout=(guard.seconds if guard else REQUEST_SECONDS)
+            ssl_handshake_timeout=(guard.seconds if guard is not None else REQUEST_SECONDS)
             if self._ssl_context
             else None,
         )

@@ -300,10 +300,11 @@ def slow_http(args: argparse.Namespace, stats: Stats, stop: threading.Event) -> 
                 if not data:
                     raise ConnectionResetError
                 status = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/") else "data"
-                with contextlib.suppress(OSError):  # the rest of the answer: its reason code
-                    tls.setblocking(True)
-                    tls.settimeout(2)
-                    data += tls.recv(4096)
+                if b'"reason"' not in data:  # the rest of the answer: its reason code
+                    with contextlib.suppress(OSError):
+                        tls.setblocking(True)
+                        tls.settimeout(2)
+                        data += tls.recv(4096)
                 code = re.search(rb'"reason": ?"([A-Z_]+)"', data)
                 stats.outcome(f"answered {status}" + (f" {code.group(1).decode()}" if code else ""))
                 alive.discard(i)

@@ -1,5 +1,5 @@
 """Fuzzing: the coverage-guided targets (fuzz/targets.py, atheris) replay their corpus and then
-run for a bounded time each ($NETSHIELD_FUZZ_SECONDS, default 4); and property tests on the CAS
+run for a bounded time each ($NETSHIELD_FUZZ_SECONDS, default 3); and property tests on the CAS
 API's JSON bodies (the other parsers have theirs beside their unit tests: quote codec, CSR,
 policy, sidecar config, WAF HTTP, records)."""
 
@@ -23,7 +23,7 @@ from netshield.errors import NetshieldError
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "fuzz" / "corpus"
-SECONDS = int(os.environ.get("NETSHIELD_FUZZ_SECONDS", "4"))
+SECONDS = int(os.environ.get("NETSHIELD_FUZZ_SECONDS", "3"))
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_short_soak_keeps_its_books(tmp_path: Path) -> None:
-    result = run_soak(tmp_path, seconds=40)
+    result = run_soak(tmp_path, seconds=24)
     print("\n" + result.table())
     assert result.problems == []
     assert len(result.faults) == 5
     assert min(result.renewals.values()) >= 1  # every sidecar renewed at least once
-    assert sum(s.ok for s in result.legit()) >= 100
+    assert sum(s.ok for s in result.legit()) >= 50
