@@ -6,11 +6,13 @@ serves every attack in this module. The attacker is a separate process (tests/at
 measures the legitimate requests' success rate during the attack (every stream checksummed),
 samples the orders sidecar's file descriptors and memory, and checks that every refused
 connection has its record with the right reason code (a flood's denials folded into aggregates,
-counted by their `count`). Figures go to the test's output (`-s`) and to the README.
+counted by their `count`). Figures go to the test's output (`-s`) and to the README (measured with
+NETSHIELD_ATTACK_SECONDS=30: `NETSHIELD_ATTACK_SECONDS=30 .venv/bin/pytest -s tests/test_attack_inbound.py`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -46,6 +48,8 @@ PER_SOURCE = 64
 LEGIT_HOST = "127.0.0.1"
 REVOKED_PLATFORM = "p-decommissioned"
 SUCCESS_TARGET = 0.99
+FLOOD_SECONDS = int(os.environ.get("NETSHIELD_ATTACK_SECONDS", "5"))
+"""How long the stalled floods last; CI keeps them short, the README's figures use 30."""
 
 
 @dataclass
@@ -206,8 +210,10 @@ def test_5000_stalled_connections_do_not_lock_legitimate_callers_out(
     (>= 99 %). One host meets its share (limits.max_handshakes_per_source); 16 hosts fill the
     budget and meet the shedding."""
     hosts = attacker_hosts(sources)
-    attacker = lab.attack(mode, hosts, "--count", "5000", "--reopen", "--seconds", "4")
-    outcome = under_attack(lab, hosts, attacker, min_requests=10)
+    attacker = lab.attack(
+        mode, hosts, "--count", "5000", "--reopen", "--seconds", str(FLOOD_SECONDS)
+    )
+    outcome = under_attack(lab, hosts, attacker, min_requests=5)
     name = f"5000 {mode} connections from {sources} host(s), reopened when dropped"
     assert_held_up(lab, outcome, name)
     opened = int(outcome.attack["opened"])
