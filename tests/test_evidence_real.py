@@ -33,14 +33,12 @@ from netshield.errors import QuoteError
 from netshield.nonces import NonceStatus
 from netshield.policy import parse_policy
 from netshield.reasons import Reason
-from tests.tee_vectors import missing_reason, vectors_dir
+from tests.tee_vectors import is_current, missing_reason, vectors_dir
 
 VECTORS = vectors_dir()
 GO_TDX_TEST_SUFFIX = b"\nextra bytes(only for testing purpose)\n"
 
-pytestmark = pytest.mark.skipif(
-    not (VECTORS / "SOURCES.md").is_file(), reason=missing_reason(VECTORS)
-)
+pytestmark = pytest.mark.skipif(not is_current(VECTORS), reason=missing_reason(VECTORS))
 
 GENOA = "snp-genoa-sev-attest-tool"
 GENOA_V5 = "snp-genoa-v5-libertai"
