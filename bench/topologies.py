@@ -110,11 +110,15 @@ class Direct(Topology):
 
 class Netshield(Topology):
     name = "netshield"
-    description = "netshield sidecars (attested at a CAS, records and metrics on)"
+    description = (
+        "netshield sidecars (attested at a CAS, records and metrics on), one mutual-TLS "
+        "connection per connection (tunnels off)"
+    )
+    tunnels: ClassVar[bool] = False
 
     def start(self, env: Env) -> None:
         mesh = env.mesh()
-        suffix = "-resume" if self.resume else ""
+        suffix = ("-tunnel" if self.tunnels else "") + ("-resume" if self.resume else "")
         self.inbound = mesh.sidecar(
             f"orders{suffix}",
             "orders",
@@ -124,6 +128,7 @@ class Netshield(Topology):
                 "upstream": f"127.0.0.1:{env.backend_port}",
             },
             tls={"resumption": self.resume},
+            tunnels={"enabled": self.tunnels},
         )
         inbound_addr = self.inbound.ready["listen"]["inbound"]
         self.outbound = mesh.sidecar(
@@ -132,6 +137,7 @@ class Netshield(Topology):
             env.core_a,
             outbound=[{"service": "orders", "listen": "127.0.0.1:0", "address": inbound_addr}],
             tls={"resumption": self.resume},
+            tunnels={"enabled": self.tunnels},
         )
         self.entry = int(str(self.outbound.ready["listen"]["outbound:orders"]).rsplit(":", 1)[1])
 
@@ -139,6 +145,15 @@ class Netshield(Topology):
         import netshield
 
         return f"netshield {getattr(netshield, '__version__', '')}".strip()
+
+
+class NetshieldTunnel(Netshield):
+    name = "netshield-tunnel"
+    description = (
+        "netshield sidecars as above, connections carried as streams of HTTP/2 CONNECT "
+        "tunnels between them (the default)"
+    )
+    tunnels = True
 
 
 class Haproxy(Topology):
@@ -236,7 +251,7 @@ class Stunnel(Topology):
 
 
 TOPOLOGIES: dict[str, type[Topology]] = {
-    cls.name: cls for cls in (Direct, Netshield, Haproxy, Stunnel)
+    cls.name: cls for cls in (Direct, Netshield, NetshieldTunnel, Haproxy, Stunnel)
 }
 
 

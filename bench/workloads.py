@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STANDARD = ("direct", "netshield", "haproxy", "stunnel")
+TUNNELED = (*STANDARD, "netshield-tunnel")
+"""The workloads that also run through tunnels: new connections, ping-pong, bulk over one."""
 """Set-ups of the standard rows: resumption off everywhere."""
 
 
@@ -115,12 +117,12 @@ class Workload:
 
 
 WORKLOADS: tuple[Workload, ...] = (
-    Workload("bulk-1", "bulk upload, 1 connection", "bulk", 1, BULK),
+    Workload("bulk-1", "bulk upload, 1 connection", "bulk", 1, BULK, setups=TUNNELED),
     Workload("bulk-8", "bulk upload, 8 connections", "bulk", 8, BULK),
-    Workload("pp-1", "64-byte ping-pong, 1 connection", "pingpong", 1, PINGPONG),
-    Workload("pp-32", "64-byte ping-pong, 32 connections", "pingpong", 32, PINGPONG),
-    Workload("conn-1", "new connection per request, concurrency 1", "connect", 1, CONNECT),
-    Workload("conn-16", "new connection per request, concurrency 16", "connect", 16, CONNECT),
+    Workload("pp-1", "64-byte ping-pong, 1 connection", "pingpong", 1, PINGPONG, setups=TUNNELED),
+    Workload("pp-32", "64-byte ping-pong, 32 connections", "pingpong", 32, PINGPONG, setups=TUNNELED),
+    Workload("conn-1", "new connection per request, concurrency 1", "connect", 1, CONNECT, setups=TUNNELED),
+    Workload("conn-16", "new connection per request, concurrency 16", "connect", 16, CONNECT, setups=TUNNELED),
     Workload(
         "conn-16-resume",
         "new connection per request, concurrency 16, resumption on",
@@ -181,6 +183,19 @@ TARGETS: tuple[Target, ...] = (
         1.5,
     ),
 )
+
+TUNNEL_TARGETS: tuple[Target, ...] = (
+    Target(
+        "new connections/s, concurrency 16, through tunnels (HAProxy: a handshake each)",
+        "cps", ("conn-16", "netshield-tunnel"), ("conn-16", "haproxy"), 5.0,
+    ),
+    Target(
+        "bulk MB/s over one tunnel stream (netshield's own mTLS connection: 1×)",
+        "mb_s", ("bulk-1", "netshield-tunnel"), ("bulk-1", "netshield"), 0.8,
+    ),
+)
+"""Targets of the tunnels (issue 13), reported beside the others."""
+TARGETS = TARGETS + TUNNEL_TARGETS
 
 IDLE_RSS_MB = 50.0
 """Target: a sidecar's resident memory after start-up (attested, listening, idle)."""

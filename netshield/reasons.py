@@ -117,6 +117,8 @@ class Reason(enum.StrEnum):
     HTTP_REFUSED = "HTTP_REFUSED"
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     EXTENSION_SOCKETS = "EXTENSION_SOCKETS"
+    TUNNEL_LIMIT = "TUNNEL_LIMIT"
+    STREAM_REFUSED = "STREAM_REFUSED"
     # --- close reasons of connections that were allowed ---
     CLOSED = "CLOSED"
     IDLE_TIMEOUT = "IDLE_TIMEOUT"
@@ -125,6 +127,8 @@ class Reason(enum.StrEnum):
     TLS_STREAM_ERROR = "TLS_STREAM_ERROR"
     DRAINED = "DRAINED"
     CREDENTIALS_EXPIRED = "CREDENTIALS_EXPIRED"
+    TUNNEL_PROTOCOL_ERROR = "TUNNEL_PROTOCOL_ERROR"
+    TUNNEL_LIFETIME = "TUNNEL_LIFETIME"
 
     @property
     def info(self) -> ReasonInfo:
@@ -665,6 +669,21 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             "opened past Python's socket module: it cannot protect them. Use a pure-Python "
             "client, a sidecar, or c_extensions: allow.",
         ),
+        _r(
+            Reason.TUNNEL_LIMIT,
+            Stage.DATA_PLANE,
+            503,
+            "Every tunnel to the destination sidecar carries tunnels.max_streams streams and "
+            "tunnels.max_per_peer tunnels are open; raise either, or turn tunnels off for that "
+            "outbound (tunnel: false).",
+        ),
+        _r(
+            Reason.STREAM_REFUSED,
+            Stage.DATA_PLANE,
+            502,
+            "The destination sidecar refused the tunnel stream without a reason netshield "
+            "knows (another tunnel peer?); its records say why.",
+        ),
         _r(Reason.CLOSED, Stage.DATA_PLANE, 200, "Both sides finished normally."),
         _r(
             Reason.IDLE_TIMEOUT,
@@ -703,6 +722,20 @@ REASONS: dict[Reason, ReasonInfo] = dict(
             Stage.DATA_PLANE,
             200,
             "The sidecar's own certificate expired while the connection was open; it fails closed.",
+        ),
+        _r(
+            Reason.TUNNEL_PROTOCOL_ERROR,
+            Stage.DATA_PLANE,
+            200,
+            "The tunnel's peer broke the HTTP/2 protocol, so the tunnel and all its streams were "
+            "closed; the detail says how. A netshield peer never does: check what answers there.",
+        ),
+        _r(
+            Reason.TUNNEL_LIFETIME,
+            Stage.DATA_PLANE,
+            200,
+            "The tunnel reached tunnels.max_lifetime and drained: its streams finished, new ones "
+            "went to a fresh tunnel (a tunnel record's close reason; nothing to do).",
         ),
     ]
 )

@@ -14,6 +14,9 @@ only an older version refuses what it would misread instead of miscounting it.
   sidecar writes one line per source, reason and interval (`netshield.sidecar.denials`) whose
   ``ts``, ``conn_id``, ``src`` and ``detail`` are those of the first connection it folds. Lines
   with ``count`` 1 are written as schema 1 without the two keys.
+An application connection carried by a tunnel names it (`tunnel_id`, `stream_id`); the tunnel
+itself gets a record of its own (`direction: tunnel`, `streams` carried) when it closes; the
+three keys are written only for those (a line without them means null).
 
 Guarantees: a `ConnectionRecord` is checked when built (bad values raise ValueError), so
 `from_json(r.to_json()) == r` for every record; `from_json` raises only ValueError, whatever the
@@ -36,12 +39,12 @@ RECORD_SCHEMA = 2
 ONE_CONNECTION_SCHEMA = 1
 """The version of a line that stands for one connection (no ``count``, no ``last_ts``)."""
 
-Direction = Literal["inbound", "outbound"]
+Direction = Literal["inbound", "outbound", "tunnel"]
 Decision = Literal["allow", "deny"]
 Mode = Literal["enforce", "audit"]
 Proxy = Literal["sidecar", "in-process"]
 
-DIRECTIONS: tuple[Direction, ...] = ("inbound", "outbound")
+DIRECTIONS: tuple[Direction, ...] = ("inbound", "outbound", "tunnel")
 DECISIONS: tuple[Decision, ...] = ("allow", "deny")
 MODES: tuple[Mode, ...] = ("enforce", "audit")
 PROXIES: tuple[Proxy, ...] = ("sidecar", "in-process")
@@ -179,6 +182,9 @@ class ConnectionRecord:
     proxy: Proxy = "sidecar"  # who wrapped the connection: a sidecar, or the in-process shield
     count: int = 1  # schema 2: the connections this line stands for (an aggregate of denials)
     last_ts: str | None = None  # schema 2: when the last of them was accepted (RFC 3339 UTC)
+    tunnel_id: str | None = None  # the tunnel that carried it as a stream (both sidecars agree)
+    stream_id: int | None = None  # its HTTP/2 stream id in that tunnel (both sidecars agree)
+    streams: int | None = None  # direction "tunnel": how many streams the tunnel carried
 
     def __post_init__(self) -> None:
         _check(self)
@@ -198,6 +204,9 @@ class ConnectionRecord:
         """The record as JSON-able data, with its schema version."""
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         data["waf"] = self.waf.to_dict() if self.waf is not None else None
+        for name in _TUNNEL_FIELDS:  # written only for tunnels and their streams
+            if data[name] is None:
+                del data[name]
         data["schema"] = self.schema
         if data["schema"] == ONE_CONNECTION_SCHEMA:
             for name in AGGREGATE_FIELDS:
@@ -255,7 +264,14 @@ ONE_CONNECTION_FIELDS: tuple[str, ...] = tuple(
 )
 """The keys of a schema 1 line besides "schema"."""
 
-ADDED_FIELDS: dict[str, object] = {"proxy": "sidecar"}
+_TUNNEL_FIELDS = ("tunnel_id", "stream_id", "streams")
+
+ADDED_FIELDS: dict[str, object] = {
+    "proxy": "sidecar",
+    "tunnel_id": None,
+    "stream_id": None,
+    "streams": None,
+}
 """Fields added within schema 1, with the value a line written before them means."""
 
 
@@ -346,7 +362,9 @@ def _check(r: ConnectionRecord) -> None:
         not isinstance(r.peer_serial, str) or not _HEX.fullmatch(r.peer_serial)
     ):
         raise _bad("peer_serial", "lower-case hex or null", r.peer_serial)
-    for name in ("peer_epoch", "policy_version"):
+    if r.tunnel_id is not None and (not isinstance(r.tunnel_id, str) or not r.tunnel_id):
+        raise _bad("tunnel_id", "a non-empty string or null", r.tunnel_id)
+    for name in ("peer_epoch", "policy_version", "stream_id", "streams"):
         value = getattr(r, name)
         if value is not None and (not _is_int(value) or value < 0):
             raise _bad(name, "a non-negative integer or null", value)

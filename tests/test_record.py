@@ -61,10 +61,26 @@ def test_record_is_one_sorted_json_line_with_the_schema_version() -> None:
     data = json.loads(line)
     assert list(data) == sorted(data)
     assert data["schema"] == 1  # one connection: the oldest schema that says it
-    assert set(data) == {*ONE_CONNECTION_FIELDS, "schema"}
+    # a connection no tunnel carried has no tunnel fields: its line is as it was before them
+    assert set(data) == {*ONE_CONNECTION_FIELDS, "schema"} - {"tunnel_id", "stream_id", "streams"}
     assert data["ts"] == "2025-01-31T12:00:00.123Z"
     assert data["reason"] == "OK" and data["close_reason"] == "CLOSED"
     assert data["detail"] == "two\nlines and a \u2603"
+
+
+def test_a_stream_names_its_tunnel_and_a_tunnel_record_counts_its_streams() -> None:
+    stream = allowed(tunnel_id="t0123456789abcde", stream_id=3)
+    data = json.loads(stream.to_json())
+    assert (data["tunnel_id"], data["stream_id"]) == ("t0123456789abcde", 3)
+    assert "streams" not in data
+    assert ConnectionRecord.from_json(stream.to_json()) == stream
+    tunnel = allowed(direction="tunnel", conn_id="t0123456789abcde", streams=7)
+    assert json.loads(tunnel.to_json())["streams"] == 7
+    assert ConnectionRecord.from_json(tunnel.to_json()) == tunnel
+    with pytest.raises(ValueError, match="stream_id"):
+        allowed(stream_id=-1)
+    with pytest.raises(ValueError, match="tunnel_id"):
+        allowed(tunnel_id="")
 
 
 def test_design_fields_are_all_present() -> None:

@@ -202,6 +202,7 @@ def test_raising_the_epoch_reattests_everyone_and_cuts_off_stale_peers(
         frozen = ctx.wrap_socket(socket.create_connection(orders.addr("inbound"), timeout=10))
         frozen.sendall(b"ping")
         assert frozen.recv(10) == b"ping"
+        assert roundtrip(frontend.addr("outbound:orders"), b"before") == b"before"  # a tunnel
         text = mesh.layout.policy.read_text()
         new = text.replace("min_epoch: 1", "min_epoch: 2")
         new_file = tmp_path / "policy-v2.yaml"
@@ -227,6 +228,15 @@ def test_raising_the_epoch_reattests_everyone_and_cuts_off_stale_peers(
                 time.sleep(0.1)
             assert epoch == 2
         assert roundtrip(frontend.addr("outbound:orders"), b"fresh") == b"fresh"
+        # the tunnel frontend opened under epoch 1 was closed as stale; the call went over a new one
+        stale = mesh.wait_record(
+            "orders", lambda r: r["direction"] == "tunnel" and r["close_reason"] == "POLICY_STALE"
+        )
+        assert stale["peer_epoch"] == 1 and stale["streams"] == 1
+        fresh = mesh.wait_record(
+            "orders", lambda r: r["bytes_in"] == 5 and r["direction"] == "inbound"
+        )
+        assert fresh["tunnel_id"] not in (None, stale["conn_id"]) and fresh["peer_epoch"] == 2
 
 
 def test_cas_down_during_renewal_serves_until_expiry_then_fails_closed_and_recovers(
@@ -282,9 +292,15 @@ def test_cas_down_during_renewal_serves_until_expiry_then_fails_closed_and_recov
         # whichever comes first, its own (CREDENTIALS_EXPIRED) or the peer's (PEER_CERT_EXPIRED)
         rec = mesh.wait_record(
             "frontend",
-            lambda r: r["close_reason"] in ("CREDENTIALS_EXPIRED", "PEER_CERT_EXPIRED"),
+            lambda r: (
+                r["close_reason"] in ("CREDENTIALS_EXPIRED", "PEER_CERT_EXPIRED")
+                and r["direction"] == "outbound"
+            ),
         )
         assert rec["bytes_in"] == 1
+        # the tunnel that carried it closed with it, for the same reasons
+        tunnel = mesh.wait_record("frontend", lambda r: r["direction"] == "tunnel")
+        assert tunnel["close_reason"] in ("CREDENTIALS_EXPIRED", "PEER_CERT_EXPIRED")
         # the CAS comes back: both sidecars attest again by themselves and serve again
         mesh.restart_cas()
         deadline = time.monotonic() + 60

@@ -268,9 +268,15 @@ def test_revoked_peer_is_cut_off_mid_connection(mesh: Mesh, echo: EchoServer) ->
             closed = s.recv(100)
         took = time.monotonic() - revoked_at
     assert closed == b"" and took < 5
-    rec = mesh.wait_record("orders", lambda r: r["close_reason"] == "PEER_REVOKED")
+    rec = mesh.wait_record(
+        "orders", lambda r: r["close_reason"] == "PEER_REVOKED" and r["direction"] == "inbound"
+    )
     assert rec["decision"] == "allow" and rec["bytes_in"] == 4
     assert rec["peer_serial"] == ident["serial"]
+    # the connection was a stream of a tunnel, and the tunnel closed with it, for the same reason
+    tunnel = mesh.wait_record("orders", lambda r: r["direction"] == "tunnel")
+    assert tunnel["conn_id"] == rec["tunnel_id"] and tunnel["close_reason"] == "PEER_REVOKED"
+    assert tunnel["streams"] == 1 and tunnel["peer_serial"] == ident["serial"]
     # the revoked certificate is dead; the (still attestable) workload re-attested with a new key
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -279,8 +285,9 @@ def test_revoked_peer_is_cut_off_mid_connection(mesh: Mesh, echo: EchoServer) ->
             break
         time.sleep(0.1)
     assert roundtrip(frontend.addr("outbound:orders"), b"again") == b"again"
-    later = mesh.wait_record("orders", lambda r: r["bytes_in"] == 5)
+    later = mesh.wait_record("orders", lambda r: r["bytes_in"] == 5 and r["direction"] == "inbound")
     assert later["peer_serial"] != ident["serial"]
+    assert later["tunnel_id"] not in (None, rec["tunnel_id"])  # a fresh tunnel, new certificate
 
 
 def test_revoked_service_is_refused_in_both_directions(mesh: Mesh, echo: EchoServer) -> None:
@@ -369,11 +376,13 @@ def test_admin_listener_reports_health_identity_connections_and_metrics(
         s.sendall(b"x")
         assert s.recv(10) == b"x"
         status, live = http_get(base + "/connections")
-        assert (
-            isinstance(live, list)
-            and len(live) == 1
-            and live[0]["peer_identity"].endswith("/svc/frontend")
-        )
+        assert isinstance(live, list) and len(live) == 2
+        # the connection, and the tunnel that carries it (named by the connection)
+        (conn,) = (c for c in live if c["direction"] == "inbound")
+        (tunnel,) = (c for c in live if c["direction"] == "tunnel")
+        assert conn["peer_identity"].endswith("/svc/frontend")
+        assert conn["tunnel_id"] == tunnel["conn_id"] == tunnel["tunnel_id"]
+        assert conn["stream_id"] == 1 and tunnel["stream_id"] is None
     roundtrip(frontend.addr("outbound:orders"), b"y")
     mesh.wait_record("orders", lambda r: r["bytes_in"] == 1 and r["close_reason"] == "CLOSED")
     status, metrics = http_get(base + "/metrics")

@@ -32,15 +32,21 @@ def echo() -> Iterator[EchoServer]:
 
 
 def pair(mesh: Mesh, echo: EchoServer, *, resumption: bool) -> tuple[Proc, Proc]:
+    """Two sidecars that make one mTLS connection per connection (tunnels off: a tunnel's
+    streams have no handshake of their own to resume)."""
     tls = {"resumption": resumption}
     orders = mesh.start_sidecar(
-        "orders", inbound={"listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{echo.port}"}, tls=tls
+        "orders",
+        inbound={"listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{echo.port}"},
+        tls=tls,
+        tunnels={"enabled": False},
     )
     host, port = orders.addr("inbound")
     frontend = mesh.start_sidecar(
         "frontend",
         outbound=[{"service": "orders", "listen": "127.0.0.1:0", "address": f"{host}:{port}"}],
         tls=tls,
+        tunnels={"enabled": False},
     )
     return orders, frontend
 

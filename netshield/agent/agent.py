@@ -92,6 +92,7 @@ class Agent:
         rand: Rand | None = None,
         min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
         resumption: bool = False,
+        tunnels: bool = False,
         fraction: float = DEFAULT_FRACTION,
         jitter: float = DEFAULT_JITTER,
         backoff_base: timedelta = DEFAULT_BACKOFF_BASE,
@@ -126,6 +127,7 @@ class Agent:
         self._rand: Rand = rand if rand is not None else random.SystemRandom().random
         self._min_version = min_version
         self._resumption = resumption
+        self._tunnels = tunnels
         self._fraction, self._jitter = fraction, jitter
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._min_renew_delay = min_renew_delay
@@ -236,7 +238,12 @@ class Agent:
             raise NetshieldError(
                 f"the CAS issued a certificate for {creds.spiffe_id}, expected {self._spiffe_id}"
             )
-        return build_contexts(creds, min_version=self._min_version, resumption=self._resumption)
+        return build_contexts(
+            creds,
+            min_version=self._min_version,
+            resumption=self._resumption,
+            tunnels=self._tunnels,
+        )
 
     def _record_success(self, creds: MeshCredentials, reason: str) -> datetime:
         """Count and log a successful attestation; returns when to renew."""

@@ -73,6 +73,12 @@ def register(sub: Any) -> None:
         help="a WAF rule id that matched a request, e.g. 942100 (repeatable)",
     )
     p.add_argument(
+        "--tunnel", action="append", default=[], help="tunnel id: its record and its streams"
+    )
+    p.add_argument(
+        "--by-tunnel", action="store_true", help="list each tunnel's streams under the tunnel"
+    )
+    p.add_argument(
         "--follow",
         "-f",
         action="store_true",
@@ -113,6 +119,7 @@ def _filter(args: argparse.Namespace, now: datetime) -> Any:
         reasons=frozenset(codes),
         conn_ids=frozenset(args.conn),
         waf_rules=frozenset(r.strip().upper() for r in args.waf_rule),
+        tunnel_ids=frozenset(args.tunnel),
         since=times["since"],
         until=times["until"],
     )
@@ -143,6 +150,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     path = default_log(args.file)
     if args.verify:
         return _verify(args, path)
+    if args.by_tunnel and (args.follow or args.json or args.summary):
+        raise UsageError(
+            "--by-tunnel groups a whole log: not with --follow, --json or --summary", hint=""
+        )
     if args.follow and (args.summary or path == "-"):
         raise UsageError(
             "--follow reads a file and prints records: not with --summary or -", hint=""
@@ -198,6 +209,14 @@ def _print(
     from netshield.logs.table import header, row
 
     color = _use_color(args.color, sys.stdout)
+    if args.by_tunnel:
+        from netshield.logs.tunnels import grouped_lines
+
+        chosen = (e.record for e in entries if record_filter.matches(e.record))
+        lines = [header(color=color), *grouped_lines(chosen, color=color)]
+        out.write(("\n".join(lines) + "\n").encode())
+        out.flush()
+        return
     flush = args.follow
     write: Callable[[bytes], Any] = out.write
     if not args.json:

@@ -38,6 +38,16 @@ class Snapshot:
     ready: bool
     not_ready_why: str = ""
 
+    @property
+    def streams_and_connections(self) -> list[dict[str, Any]]:
+        """The live connections (a tunnel's streams included), without the tunnels."""
+        return [c for c in self.connections if c.get("direction") != "tunnel"]
+
+    @property
+    def tunnels(self) -> list[dict[str, Any]]:
+        """The live tunnels to and from other sidecars."""
+        return [c for c in self.connections if c.get("direction") == "tunnel"]
+
 
 def base_url(addr: str) -> str:
     text = addr.strip().rstrip("/")
@@ -203,16 +213,30 @@ def render(snap: Snapshot, now: datetime) -> list[str]:
     )
     out.append(f"  last error    {agent.get('last_error') or 'none'}")
     out.append(f"  records       {status.get('records_written', 0)} written since start")
-    out.append(f"  connections   {len(snap.connections)} live")
-    for conn in snap.connections[:50]:
+    conns, tunnels = snap.streams_and_connections, snap.tunnels
+    out.append(f"  connections   {len(conns)} live")
+    for conn in conns[:50]:
         peer = conn.get("peer_identity") or "-"
+        carried = (
+            f"  (stream {conn['stream_id']} of {conn['tunnel_id']})"
+            if conn.get("tunnel_id")
+            else ""
+        )
         out.append(
             f"    {conn.get('conn_id')}  {conn.get('direction', '?'):<8} {conn.get('src')} → "
             f"{conn.get('dst')}  {peer}  since {conn.get('started')}  "
             f"{human_bytes(int(conn.get('bytes_in') or 0))}/{human_bytes(int(conn.get('bytes_out') or 0))}"
+            f"{carried}"
         )
-    if len(snap.connections) > 50:
-        out.append(f"    ... and {len(snap.connections) - 50} more")
+    if len(conns) > 50:
+        out.append(f"    ... and {len(conns) - 50} more")
+    if tunnels:
+        out.append(f"  tunnels       {len(tunnels)} open")
+        for tunnel in tunnels[:50]:
+            out.append(
+                f"    {tunnel.get('conn_id')}  {tunnel.get('src')} → {tunnel.get('dst')}  "
+                f"{tunnel.get('peer_identity') or '-'}  since {tunnel.get('started')}"
+            )
     peers = peer_counters(snap.metrics)
     out.append("  per peer (closed connections since start):")
     if not peers:
@@ -254,7 +278,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "ready": snap.ready,
                     "status": snap.status,
                     "identity": snap.identity,
-                    "connections": snap.connections,
+                    "connections": snap.streams_and_connections,
+                    "tunnels": snap.tunnels,
                     "peers": peer_counters(snap.metrics),
                 },
                 indent=2,

@@ -65,11 +65,14 @@ class RecordFilter:
     reasons: frozenset[str] = frozenset()
     conn_ids: frozenset[str] = frozenset()
     waf_rules: frozenset[str] = frozenset()
+    tunnel_ids: frozenset[str] = frozenset()  # a tunnel's own record and its streams'
     since: datetime | None = None
     until: datetime | None = None
 
     def matches(self, record: ConnectionRecord) -> bool:
         if self.conn_ids and record.conn_id not in self.conn_ids:
+            return False
+        if self.tunnel_ids and record.tunnel_id not in self.tunnel_ids:
             return False
         if self.denied and not would_deny(record):
             return False

@@ -63,9 +63,17 @@ def expected_service(record: ConnectionRecord) -> str | None:
     return match.group(1) if match else None
 
 
+OUTBOUND_TUNNEL = "tunnel"
+"""The listener a tunnel record names when this sidecar opened the tunnel (inbound tunnels name
+the inbound listener they arrived on)."""
+
+
 def parties(record: ConnectionRecord) -> Parties:
-    """The calling and the called party of the connection."""
-    if record.direction == "inbound":
+    """The calling and the called party of the connection (of a tunnel: who opened it)."""
+    inbound = record.direction == "inbound" or (
+        record.direction == "tunnel" and record.listener != OUTBOUND_TUNNEL
+    )
+    if inbound:
         caller = _name(record.peer_identity) or host_of(record.src) or UNKNOWN
         callee = _name(record.local_identity) or UNKNOWN
     else:
@@ -79,4 +87,12 @@ def parties(record: ConnectionRecord) -> Parties:
     return Parties(caller, callee)
 
 
-__all__ = ["UNKNOWN", "Parties", "expected_service", "host_of", "parties", "service_of"]
+__all__ = [
+    "OUTBOUND_TUNNEL",
+    "UNKNOWN",
+    "Parties",
+    "expected_service",
+    "host_of",
+    "parties",
+    "service_of",
+]

@@ -47,6 +47,7 @@ class Summary:
         self.top = top
         self.total = 0  # records
         self.connections = 0  # connections they stand for (aggregates count many)
+        self.tunnels = 0  # tunnel records (their streams are records of their own)
         self.first_ts: str | None = None
         self.last_ts: str | None = None
         self.decisions: Counter[str] = Counter()
@@ -60,6 +61,9 @@ class Summary:
         self.durations = QuantileSketch()
 
     def add(self, record: ConnectionRecord) -> None:
+        if record.direction == "tunnel":  # a tunnel's own record: its streams are counted
+            self.tunnels += 1
+            return
         n = record.count
         self.total += 1
         self.connections += n
@@ -105,6 +109,7 @@ class Summary:
         return {
             "records": self.total,
             "connections": self.connections,
+            "tunnels": self.tunnels,
             "first": self.first_ts,
             "last": self.last_ts,
             "decisions": dict(sorted(self.decisions.items())),
@@ -130,6 +135,8 @@ class Summary:
             else ""
         )
         out = [f"{self.total} records{folded} from {self.first_ts} to {self.last_ts}"]
+        if self.tunnels:
+            out.append(f"tunnels: {self.tunnels} (their streams are counted as connections)")
         out.append(
             "decisions: "
             + ", ".join(f"{word} {self.decisions[word]}" for word in ("allow", "deny", "audit"))

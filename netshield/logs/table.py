@@ -89,6 +89,9 @@ def peer_word(record: ConnectionRecord) -> str:
     return service_of(record.peer_identity) or record.peer_identity or "-"
 
 
+_DIRS = {"inbound": "in", "outbound": "out", "tunnel": "tun"}
+
+
 def _paint(text: str, colour: str, on: bool) -> str:
     return f"{colour}{text}{RESET}" if on and colour else text
 
@@ -104,7 +107,7 @@ def row(record: ConnectionRecord, *, color: bool = False) -> str:
     values = (
         record.ts.replace("T", " ").removesuffix("Z"),
         record.conn_id,
-        "in" if record.direction == "inbound" else "out",
+        _DIRS[record.direction],
         f"{record.src} → {record.dst}",
         peer_word(record),
         decision,

@@ -342,6 +342,15 @@ class TlsStream(Stream):
     def server_side(self) -> bool:
         return self._endpoint.server_side
 
+    @property
+    def alpn(self) -> str | None:
+        """The application protocol negotiated in the handshake (ALPN), or None."""
+        return self._endpoint.alpn
+
+    def channel_binding(self) -> bytes | None:
+        """What both ends of this TLS connection see alike (tls-unique), once handshaken."""
+        return self._endpoint.channel_binding()
+
     async def handshake(self, timeout: float) -> PeerInfo:
         """Wait for the handshake: the verified peer, or `TlsHandshakeError` (alert already sent).
 

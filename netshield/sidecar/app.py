@@ -58,6 +58,7 @@ from netshield.sidecar.livetable import ConnectionTable
 from netshield.sidecar.metrics import SidecarMetrics
 from netshield.sidecar.runtime import Runtime
 from netshield.sidecar.transparent import transparent_inbound_flow, transparent_outbound_flow
+from netshield.sidecar.tunnels import retire_tunnels
 from netshield.sidecar.wafconfig import IngressConfig
 from netshield.sidecar.wafroutes import WafRoutes
 from netshield.tls.material import cas_client_context
@@ -288,9 +289,11 @@ def make_agent(
     revocations: RevocationState,
     min_version: ssl.TLSVersion,
     witness: CasWitness | None = None,
+    tunnels: bool = False,
 ) -> Agent:
     """The agent that attests `config.service` and keeps its credentials, as `config` says
-    (its rollback witness read from `cas.witness_file` unless given)."""
+    (its rollback witness read from `cas.witness_file` unless given); with `tunnels` its
+    contexts accept and offer the tunnel ALPN id (the sidecar's, not the in-process shield's)."""
     return Agent(
         config.cas.urls,
         config.cas.ca.read_bytes(),
@@ -301,6 +304,7 @@ def make_agent(
         revocations,
         min_version=min_version,
         resumption=config.tls.resumption,
+        tunnels=tunnels,
         fraction=config.renewal.fraction,
         jitter=config.renewal.jitter,
         witness=witness if witness is not None else CasWitness.load(config.cas.witness_file),
@@ -413,7 +417,14 @@ async def run_sidecar(
             else ssl.TLSVersion.TLSv1_3
         )
         agent = make_agent(
-            config, quoter, trust_domain, holder, revocations, min_version, witness=witness
+            config,
+            quoter,
+            trust_domain,
+            holder,
+            revocations,
+            min_version,
+            witness=witness,
+            tunnels=config.tunnels.enabled,
         )
         agent_box.append(agent)
         agent.on_revocation(lambda _event: _recheck(rt))
@@ -507,7 +518,8 @@ async def _first_credentials(
 
 async def _housekeeping(rt: Runtime) -> None:
     """Fail closed when the sidecar's own certificate expires, close a live connection when its
-    peer's certificate does (each within HOUSEKEEPING_SECONDS), and write due denial aggregates."""
+    peer's certificate does, retire tunnels of older credentials (each within
+    HOUSEKEEPING_SECONDS), and write due denial aggregates."""
     while True:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         rt.write_due_denials()
@@ -517,6 +529,12 @@ async def _housekeeping(rt: Runtime) -> None:
         closed = rt.table.close_expired_peers(datetime.now(UTC))
         if closed:
             log.warning("closed %d live connection(s) whose peer's certificate expired", closed)
+        if len(rt.tunnels):
+            retired = retire_tunnels(rt)
+            if retired:
+                log.info(
+                    "credentials renewed: %d tunnel(s) drain, new streams get new ones", retired
+                )
 
 
 HANDSHAKE_SWEEP_SECONDS = 0.1

@@ -121,6 +121,7 @@ class OutboundConfig:
     unix_owner: int | None = None  # uid the socket file is chowned to (None: the sidecar's)
     unix_group: int | None = None  # gid likewise
     unix_mode: int = 0o660  # the socket file's permission bits
+    tunnel: bool = True  # carry connections as streams of a tunnel (when `tunnels.enabled`)
 
     @property
     def listener(self) -> str:
@@ -184,6 +185,20 @@ class MeshTlsConfig:
 
 
 @dataclass(frozen=True)
+class TunnelsConfig:
+    """HTTP/2 CONNECT tunnels between sidecars: with `enabled`, the inbound listener accepts
+    them (ALPN) and outbound connections travel as streams of a few long-lived mTLS
+    connections per destination sidecar (unless an outbound listener says `tunnel: false`)."""
+
+    enabled: bool = True
+    max_streams: int = 100  # concurrent streams per tunnel (both directions announce it)
+    max_per_peer: int = 4  # tunnels to one destination sidecar at a time
+    stream_window: int = 1 << 20  # bytes in flight per stream (HTTP/2 flow control)
+    idle_timeout: timedelta = timedelta(seconds=60)  # a tunnel without streams closes after it
+    max_lifetime: timedelta = timedelta(hours=1)  # then it drains: new streams go to a new one
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     service: str
     cas: CasConfig
@@ -199,6 +214,7 @@ class SidecarConfig:
     tls: MeshTlsConfig = field(default_factory=MeshTlsConfig)
     waf: WafConfig = field(default_factory=WafConfig)
     ingress: tuple[IngressConfig, ...] = ()
+    tunnels: TunnelsConfig = field(default_factory=TunnelsConfig)
 
 
 # --- specs this document needs beyond netshield.schema -------------------------------------------
@@ -392,6 +408,7 @@ _OUTBOUND = Record(
         "unix_owner": Field(_Account("user")),
         "unix_group": Field(_Account("group")),
         "unix_mode": Field(_Mode(), default=0o660),
+        "tunnel": Field(Bool(), default=True),
     },
     expected="an outbound listener (a mapping with service and listen or unix)",
 )
@@ -523,6 +540,28 @@ SIDECAR_SPEC = Record(
             Record(
                 {"resumption": Field(Bool(), default=MeshTlsConfig.resumption)},
                 expected="mesh TLS settings (a mapping with resumption)",
+            )
+        ),
+        "tunnels": Field(
+            Record(
+                {
+                    "enabled": Field(Bool(), default=TunnelsConfig.enabled),
+                    "max_streams": Field(Int(min=1, max=10_000), default=TunnelsConfig.max_streams),
+                    "max_per_peer": Field(Int(min=1, max=1000), default=TunnelsConfig.max_per_peer),
+                    "stream_window": Field(
+                        Int(min=65_535, max=(1 << 31) - 1), default=TunnelsConfig.stream_window
+                    ),
+                    "idle_timeout": Field(
+                        Duration(min=_SECOND, max=timedelta(hours=24)),
+                        default=TunnelsConfig.idle_timeout,
+                    ),
+                    "max_lifetime": Field(
+                        Duration(min=_SECOND, max=timedelta(days=7)),
+                        default=TunnelsConfig.max_lifetime,
+                    ),
+                },
+                expected="tunnel settings (a mapping with enabled, max_streams, max_per_peer, "
+                "stream_window, idle_timeout, max_lifetime)",
             )
         ),
         "renewal": Field(
@@ -854,6 +893,7 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
                 unix_owner=out["unix_owner"],
                 unix_group=out["unix_group"],
                 unix_mode=out["unix_mode"],
+                tunnel=out["tunnel"],
             )
             for out in doc["outbound"]
         ),
@@ -869,6 +909,7 @@ def _build(doc: dict[str, Any], base_dir: Path) -> SidecarConfig:
         **build_shared(doc, base_dir),
         waf=waf,
         ingress=build_ingress(doc["ingress"], waf, base_dir),
+        tunnels=TunnelsConfig(**doc["tunnels"]),
     )
 
 
@@ -889,6 +930,7 @@ __all__ = [
     "TlsMinVersion",
     "TransparentConfig",
     "TransparentMode",
+    "TunnelsConfig",
     "WorkloadConfig",
     "build_shared",
     "detect_kind",

@@ -34,7 +34,7 @@ from netshield.tls.peer import PeerInfo
 
 log = logging.getLogger("netshield.sidecar")
 
-Direction = Literal["inbound", "outbound"]
+Direction = Literal["inbound", "outbound", "tunnel"]
 S = TypeVar("S", bound=Stream)
 
 
@@ -56,6 +56,9 @@ class Attempt:
     handshake_seconds: float | None = None
     live: LiveConnection | None = None
     waf: WafOutcome | None = None  # native routes with the WAF on
+    tunnel_id: str | None = None  # carried as a stream of this tunnel
+    stream_id: int | None = None
+    streams: int | None = None  # direction "tunnel": streams carried
     recorded: bool = False
     refused: tuple[Reason, str] | None = None  # the denial's reason and detail, once denied
 
@@ -106,8 +109,25 @@ class Attempt:
             peer_epoch=peer.epoch if peer else None,
             policy_version=creds.policy_version if creds else None,
             proxy=self.rt.proxy,
+            tunnel_id=self.tunnel_id,
+            stream_id=self.stream_id,
+            streams=self.streams,
         )
         return self.rt.emit(record, self.handshake_seconds)
+
+    def become_tunnel(self, tunnel_id: str) -> None:
+        """The connection turned out to be a tunnel (ALPN): its record and its entry in the
+        live table say so from now on."""
+        if self.direction == "tunnel":
+            return
+        self.rt.metrics.connection_moved(self.direction, "tunnel")
+        self.direction = "tunnel"
+        if self.live is not None:
+            self.live.direction = "tunnel"
+            self.live.tunnel_id = tunnel_id
+            self.rt.table.became_tunnel(self.conn_id, tunnel_id)
+        self.conn_id = self.tunnel_id = tunnel_id
+        self.streams = 0
 
     def deny(self, reason: Reason, detail: str) -> None:
         """Record the denial; its log line only when its record is written (a flood's denials
@@ -246,7 +266,7 @@ def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | Reason:
             "expired while the CAS was unreachable)",
         )
         return Reason.NO_CREDENTIALS
-    if rt.table.count() >= limit:
+    if rt.table.connections() >= limit:  # tunnels do not count: their streams do
         _deny_limit(rt, attempt)
         return Reason.CONNECTION_LIMIT
     return contexts
@@ -255,7 +275,7 @@ def _admit(rt: Runtime, attempt: Attempt) -> TlsContexts | Reason:
 def _deny_limit(rt: Runtime, attempt: Attempt) -> None:
     attempt.deny(
         Reason.CONNECTION_LIMIT,
-        f"{rt.table.count()} connections are open and limits.max_connections is "
+        f"{rt.table.connections()} connections are open and limits.max_connections is "
         f"{rt.config.limits.max_connections}",
     )
 

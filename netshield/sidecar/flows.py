@@ -39,6 +39,7 @@ from netshield.sidecar.connection import (
 from netshield.sidecar.handshake import inbound_decision, outbound_decision
 from netshield.sidecar.native import native_outbound, native_route
 from netshield.sidecar.runtime import Runtime
+from netshield.sidecar.tunnels import serve_tunnel, tunnel_outbound
 from netshield.tls.contexts import TlsContexts
 from netshield.tls.failures import TlsFailure
 from netshield.tls.peer import PeerInfo
@@ -116,6 +117,9 @@ async def serve_inbound(
             rt.handshakes.leave(conn_id)
         if not decision.allowed:
             return
+        if attempt.direction == "tunnel":  # its streams take slots, one each
+            await serve_tunnel(rt, attempt, tls, decision, upstream_of)
+            return
         if not enroll(rt, attempt):
             tls.close()
             return
@@ -183,7 +187,9 @@ async def outbound_flow(
             )
             close_socket(sock)
             return
-        await mesh_outbound(rt, attempt, sock, contexts, out.service, target, pre)
+        await mesh_outbound(
+            rt, attempt, sock, contexts, out.service, target, pre, tunnel=out.tunnel
+        )
     except asyncio.CancelledError:
         attempt.abandon()
         raise
@@ -197,12 +203,21 @@ async def mesh_outbound(
     service: str,
     target: HostPort,
     pre: ConnDecision,
+    *,
+    tunnel: bool = True,
 ) -> None:
-    """The outbound pipeline once the destination is known and the call pre-authorized: open
-    mutual TLS to `target`, check that the server is `service`, then relay."""
+    """The outbound pipeline once the destination is known and the call pre-authorized: as a
+    stream of a tunnel to `target` (unless `tunnel` is False or tunnels are off), or over
+    mutual TLS of its own; either way the server is checked to be `service`, then relayed."""
     attempt.dst = str(target)
     plain = await accept_plain(attempt, sock)
     if plain is None:
+        return
+    if (
+        tunnel
+        and contexts.tunnel_client is not None
+        and await tunnel_outbound(rt, attempt, plain, contexts, service, target, pre)
+    ):
         return
     t0 = time.monotonic()
     identity = str(SpiffeId.for_service(contexts.credentials.spiffe_id.trust_domain, service))

@@ -1,7 +1,8 @@
 """The handshake-and-authorize step of each mesh direction, shared by every flow that takes or
 makes a mutual-TLS connection (per-connection flows, transparent capture, tunnels).
 
-Each completes the TLS handshake, sets `attempt.peer` and `handshake_seconds`, and decides with
+Each completes the TLS handshake, sets `attempt.peer` and `handshake_seconds` (inbound: a client
+that negotiated the tunnel ALPN id makes the attempt a tunnel's), and decides with
 `netshield.authz` against the policy the current credentials carry; a denial (a failed handshake
 included) is recorded on the attempt and the TLS stream closed before the decision is returned.
 """
@@ -16,9 +17,40 @@ from netshield.net.streams import TlsHandshakeError, TlsStream
 from netshield.netaddr import HostPort
 from netshield.sidecar.connection import Attempt
 from netshield.sidecar.runtime import Runtime
-from netshield.tls.contexts import TlsContexts
+from netshield.tls.contexts import TUNNEL_ALPN, TlsContexts
+from netshield.tls.peer import PeerInfo
+from netshield.tunnel.link import tunnel_id_of
 
-__all__ = ["inbound_decision", "outbound_decision"]
+__all__ = ["decide_inbound", "decide_outbound", "inbound_decision", "outbound_decision"]
+
+
+def decide_inbound(rt: Runtime, contexts: TlsContexts, peer: PeerInfo) -> ConnDecision:
+    """May `peer` call this service, by the policy of `contexts` and the feed, as of now?"""
+    creds = contexts.credentials
+    return authorize_inbound(
+        creds.policy,
+        peer,
+        rt.revocations.check,
+        policy_version=creds.policy_version,
+        now=datetime.now(UTC),
+        feed_epoch=rt.revocations.min_epoch,
+    )
+
+
+def decide_outbound(
+    rt: Runtime, contexts: TlsContexts, service: str, peer: PeerInfo
+) -> ConnDecision:
+    """Is `peer` the destination `service`, and may this service call it, as of now?"""
+    creds = contexts.credentials
+    return authorize_outbound(
+        creds.policy,
+        service,
+        peer,
+        rt.revocations.check,
+        policy_version=creds.policy_version,
+        now=datetime.now(UTC),
+        feed_epoch=rt.revocations.min_epoch,
+    )
 
 
 async def inbound_decision(
@@ -41,15 +73,9 @@ async def inbound_decision(
     except TlsHandshakeError as err:
         return _denied(attempt, ConnDecision(False, err.failure.reason, err.failure.detail))
     attempt.handshake_seconds = time.monotonic() - t0
-    creds = contexts.credentials
-    decision = authorize_inbound(
-        creds.policy,
-        attempt.peer,
-        rt.revocations.check,
-        policy_version=creds.policy_version,
-        now=datetime.now(UTC),
-        feed_epoch=rt.revocations.min_epoch,
-    )
+    if tls.alpn == TUNNEL_ALPN:
+        attempt.become_tunnel(tunnel_id_of(tls))
+    decision = decide_inbound(rt, contexts, attempt.peer)
     return decision if decision.allowed else _denied(attempt, decision, tls)
 
 
@@ -71,16 +97,7 @@ async def outbound_decision(
         detail = f"{service} at {target}: {err.failure.detail}"
         return _denied(attempt, ConnDecision(False, err.failure.reason, detail))
     attempt.handshake_seconds = time.monotonic() - t0
-    creds = contexts.credentials
-    decision = authorize_outbound(
-        creds.policy,
-        service,
-        attempt.peer,
-        rt.revocations.check,
-        policy_version=creds.policy_version,
-        now=datetime.now(UTC),
-        feed_epoch=rt.revocations.min_epoch,
-    )
+    decision = decide_outbound(rt, contexts, service, attempt.peer)
     return decision if decision.allowed else _denied(attempt, decision, tls)
 
 

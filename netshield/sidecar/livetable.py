@@ -29,6 +29,8 @@ class LiveConnection:
     closer: Closer | None = None
     counters: Counters | None = None
     close_reason: Reason | None = None
+    tunnel_id: str | None = None  # a tunnel's own id, or the tunnel that carries this stream
+    stream_id: int | None = None
 
     def close(self, reason: Reason) -> None:
         """Ask the connection to close with `reason` (first reason wins)."""
@@ -54,6 +56,8 @@ class LiveConnection:
             else None,
             "bytes_in": up,
             "bytes_out": down,
+            "tunnel_id": self.tunnel_id,
+            "stream_id": self.stream_id,
         }
 
 
@@ -61,20 +65,43 @@ class LiveConnection:
 class ConnectionTable:
     limit: int
     _live: dict[str, LiveConnection] = field(default_factory=dict)
+    _tunnels: set[str] = field(default_factory=set)  # entries that are tunnels: not counted
     _empty: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self._empty.set()
 
     def try_add(self, conn: LiveConnection) -> bool:
-        if len(self._live) >= self.limit:
+        """Add a connection unless `limit` connections are open (tunnels do not count: the
+        connections they carry do)."""
+        if self.connections() >= self.limit:
             return False
         self._live[conn.conn_id] = conn
         self._empty.clear()
         return True
 
+    def add_tunnel(self, conn: LiveConnection) -> None:
+        """Add a tunnel (never refused: the connections it carries are what the limit counts)."""
+        self._live[conn.conn_id] = conn
+        self._tunnels.add(conn.conn_id)
+        self._empty.clear()
+
+    def connections(self) -> int:
+        """Open connections, tunnels not counted."""
+        return len(self._live) - len(self._tunnels)
+
+    def became_tunnel(self, old: str, new: str) -> None:
+        """An accepted connection turned out to be a tunnel: keyed by the tunnel id from now
+        on, and no longer counted against the limit."""
+        conn = self._live.pop(old, None)
+        if conn is not None:
+            conn.conn_id = new
+            self._live[new] = conn
+            self._tunnels.add(new)
+
     def remove(self, conn_id: str) -> None:
         self._live.pop(conn_id, None)
+        self._tunnels.discard(conn_id)
         if not self._live:
             self._empty.set()
 

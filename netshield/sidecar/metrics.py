@@ -145,6 +145,11 @@ class SidecarMetrics(Collector):
         """A connection was accepted on a listener of `direction`."""
         self._active[direction] += 1
 
+    def connection_moved(self, old: str, new: str) -> None:
+        """An accepted connection turned out to be of another direction (a tunnel)."""
+        self._active[old] -= 1
+        self._active[new] += 1
+
     def connection_closed(
         self, record: ConnectionRecord, handshake_seconds: float | None = None
     ) -> None:

@@ -18,6 +18,7 @@ from netshield.sidecar.handshakes import PendingHandshakes
 from netshield.sidecar.livetable import ConnectionTable
 from netshield.sidecar.metrics import SidecarMetrics
 from netshield.sidecar.wafroutes import WafRoutes
+from netshield.tunnel.pool import TunnelPool
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Runtime:
     handshakes: PendingHandshakes = field(init=False)
     denials: DenialFolder = field(init=False)
     refusing: int = 0  # refused sockets lingering so that the peer reads why
+    tunnels: TunnelPool = field(default_factory=TunnelPool)  # outbound tunnels by destination
 
     def __post_init__(self) -> None:
         limits = self.config.limits

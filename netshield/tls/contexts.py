@@ -9,7 +9,10 @@ transport or anything weaker). Session tickets only with `resumption`: then the 
 stateless TLS 1.3 ticket per full handshake, none when the client resumed (`TlsEndpoint` decides
 from the ClientHello; the client keeps one per peer in `TlsContexts.tickets` and reuses it);
 without it none at all (a TLS 1.3 server with OP_NO_TICKET alone still sends stateful tickets, so
-`num_tickets` is 0 too: tickets nobody resumes cost ~180 µs each). Host names are not
+`num_tickets` is 0 too: tickets nobody resumes cost ~180 µs each). With `tunnels` the server
+selects `TUNNEL_ALPN` when a client offers it, and `tunnel_client` (the client context that
+offers it) exists; a peer that offers or selects nothing gets one connection per stream, as a
+sidecar without tunnels does. Host names are not
 checked: the caller checks the peer's SPIFFE id after the handshake. The private key reaches
 OpenSSL through `load_cert_chain_in_memory`, never a file.
 """
@@ -31,6 +34,8 @@ TLS12_CIPHERS = ":".join(
     for cipher in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
 )
 """What a TLS 1.2 connection may negotiate (TLS 1.3's suites are all ECDHE/DHE with AEAD)."""
+TUNNEL_ALPN = "netshield-tunnel/1"
+"""The ALPN id of netshield's HTTP/2 CONNECT tunnels between sidecars."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class TlsContexts:
     """Session tickets the client side received under these credentials (empty on a swap)."""
     peers: PeerCache = field(default_factory=PeerCache, compare=False)
     """Peer certificates parsed under these credentials."""
+    tunnel_client: ssl.SSLContext | None = None
+    """The client context that offers `TUNNEL_ALPN` (None: tunnels are off)."""
 
 
 def server_context(
@@ -52,12 +59,16 @@ def server_context(
     *,
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
     resumption: bool = False,
+    tunnels: bool = False,
 ) -> ssl.SSLContext:
     """An inbound context: requires a client certificate from the trust domain. With
     `resumption`, one stateless ticket per handshake, encrypted under keys of this context
-    only (a credential swap builds a new context: older tickets no longer resume)."""
+    only (a credential swap builds a new context: older tickets no longer resume). With
+    `tunnels` it selects `TUNNEL_ALPN` for a client that offers it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _common(ctx, creds, min_version)
+    if tunnels:
+        ctx.set_alpn_protocols([TUNNEL_ALPN])
     if resumption:
         ctx.options &= ~ssl.OP_NO_TICKET  # stateless tickets: no server-side session cache
         ctx.num_tickets = 1
@@ -67,12 +78,18 @@ def server_context(
 
 
 def client_context(
-    creds: MeshCredentials, *, min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    creds: MeshCredentials,
+    *,
+    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+    alpn: str | None = None,
 ) -> ssl.SSLContext:
-    """An outbound context: verifies the server against the trust bundle, presents our chain."""
+    """An outbound context: verifies the server against the trust bundle, presents our chain;
+    offers `alpn` when given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     _common(ctx, creds, min_version)
+    if alpn is not None:
+        ctx.set_alpn_protocols([alpn])
     return ctx
 
 
@@ -81,13 +98,19 @@ def build_contexts(
     *,
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
     resumption: bool = False,
+    tunnels: bool = False,
 ) -> TlsContexts:
-    """Both contexts for `creds`; `NetshieldError` if the material cannot be loaded."""
+    """The contexts for `creds`; `NetshieldError` if the material cannot be loaded."""
     return TlsContexts(
-        server=server_context(creds, min_version=min_version, resumption=resumption),
+        server=server_context(
+            creds, min_version=min_version, resumption=resumption, tunnels=tunnels
+        ),
         client=client_context(creds, min_version=min_version),
         credentials=creds,
         resumption=resumption,
+        tunnel_client=client_context(creds, min_version=min_version, alpn=TUNNEL_ALPN)
+        if tunnels
+        else None,
     )
 
 

@@ -127,6 +127,18 @@ class TlsEndpoint:
     def server_side(self) -> bool:
         return self._server_side
 
+    def channel_binding(self) -> bytes | None:
+        """Bytes both ends of this connection see alike and nobody else does (RFC 5929's
+        tls-unique: the first Finished message), None before the handshake."""
+        if not self.handshake_done:
+            return None
+        return self._ssl.get_channel_binding("tls-unique")
+
+    @property
+    def alpn(self) -> str | None:
+        """The application protocol both ends agreed on (ALPN), None if none."""
+        return self._ssl.selected_alpn_protocol() if self.handshake_done else None
+
     def start(self) -> list[TlsEvent]:
         """Begin the handshake: a client puts its ClientHello into `outgoing()`."""
         events: list[TlsEvent] = []

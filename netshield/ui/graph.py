@@ -10,6 +10,10 @@ Most connections are recorded twice, by the caller's sidecar (outbound) and by t
 file is read). Each side's counts are kept apart and an edge shows, per decision and per reason,
 the larger of the two, so a connection seen by both sides counts once.
 
+Connections carried by tunnels count like any other, and an edge also says how many of them were
+streams (`streams`) and how many of its tunnels closed (`tunnels`: their own records), so the
+view shows the connections of a pair grouped by the tunnels that carried them.
+
 A node is marked revoked from the CAS feed (an instance serial, or the whole service) and from
 records whose peer was cut off or refused as revoked (`PEER_REVOKED`).
 
@@ -82,11 +86,18 @@ class _Counts:
     allowed: int = 0
     denied: int = 0
     audited: int = 0  # allowed only because the callee's authorization mode is "audit"
+    streams: int = 0  # connections carried as streams of a tunnel
+    tunnels: int = 0  # tunnels that closed (their own records)
     reasons: Counter[str] = field(default_factory=Counter)
     last: tuple[str, str, str, str, str] | None = None  # ts, conn_id, decision, reason, detail
     last_denied: tuple[str, str, str, str, str] | None = None
 
     def add(self, rec: ConnectionRecord) -> None:
+        if rec.direction == "tunnel":  # not a connection of its own: its streams are
+            self.tunnels += 1
+            return
+        if rec.tunnel_id is not None:
+            self.streams += 1
         n = rec.count  # an aggregate of a flood's denials stands for many connections
         if rec.decision == "allow":
             self.allowed += n
@@ -138,7 +149,7 @@ class MeshGraph:
         self.records += 1
         local, peer = node_of_identity(rec.local_identity), node_of_identity(rec.peer_identity)
         side: Side
-        if rec.direction == "inbound":
+        if rec.direction == "inbound" or (rec.direction == "tunnel" and rec.listener != "tunnel"):
             key, side = _Key(caller=peer, callee=local), "callee"
         else:
             key, side = _Key(caller=local, callee=self._outbound_callee(rec, peer)), "caller"
@@ -309,6 +320,8 @@ def _edge(
             total.allowed += part.allowed
             total.denied += part.denied
             total.audited += part.audited
+            total.streams += part.streams
+            total.tunnels += part.tunnels
             total.reasons.update(part.reasons)
             total.merge_last(part.last, part.last_denied)
         totals[side] = total
@@ -324,6 +337,8 @@ def _edge(
         "allowed": max(v.allowed for v in views),
         "denied": max(v.denied for v in views),
         "audited": max(v.audited for v in views),
+        "streams": max(v.streams for v in views),
+        "tunnels": max(v.tunnels for v in views),
         "reasons": dict(sorted(reasons.items())),
         "last": _last(last),
         "last_denied": _last(last_denied),

@@ -218,6 +218,7 @@ function drawPanel(g) {
     html("span", "n-allow", e.allowed + " allowed", counts);
     counts.append(" \\u00b7 ");
     html("span", e.denied ? "n-deny" : "", e.denied + " denied", counts);
+    if (e.streams) counts.append(" \\u00b7 " + e.streams + " as tunnel streams (" + e.tunnels + " tunnel(s) closed)");
     if (e.permitted === false) counts.append(" \\u00b7 not permitted by policy");
     if (e.last) {
       const last = html("div", "muted last", "last: " + e.last.decision + " " + e.last.reason + " at " + e.last.ts, li);
