@@ -151,6 +151,14 @@ async def tunnel_outbound(
             return True
         if isinstance(answer, Refused):
             code = reason(answer.reason) if answer.reason else None
+            if code is Reason.CONNECTION_LIMIT:  # as the TLS alert of a full sidecar says
+                attempt.deny(
+                    Reason.PEER_AT_CAPACITY,
+                    f"{service} at {target} is at capacity (limits.max_connections): it refused "
+                    "the stream; try again later",
+                )
+                plain.close()
+                return True
             if code in _UPSTREAM_FAILURES:  # allowed there, its upstream failed: as without tunnels
                 attempt.finish(
                     decision,
