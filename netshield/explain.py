@@ -424,6 +424,18 @@ _peer_at_capacity = _sidecar_limit(
     "capacity there",
 )
 
+_tunnel_limit = _sidecar_limit(
+    "tunnels.max_streams",
+    "Denied: every tunnel to the destination's sidecar was full and no more may be opened",
+    "raise `tunnels.max_streams` or `tunnels.max_per_peer` in the sidecar config, or set "
+    "`tunnel: false` on that outbound so each connection gets its own TLS session",
+)
+_stream_refused = _sidecar_limit(
+    "",
+    "Denied: the destination's sidecar refused the tunnel stream",
+    "read the destination sidecar's records for the same time: its own deny record says why",
+)
+
 
 _udp_not_protected = _sidecar_limit(
     "outbound.destinations",
@@ -617,6 +629,20 @@ EXPLAINERS: dict[str, Explainer] = {
         "sidecar fails closed.",
         None,
         "check `netshield status` on that sidecar: is its CAS reachable, what is the last error",
+    ),
+    Reason.TUNNEL_LIMIT: _tunnel_limit,
+    Reason.STREAM_REFUSED: _stream_refused,
+    Reason.TUNNEL_PROTOCOL_ERROR: _closed(
+        "The tunnel that carried it was closed because its peer broke the HTTP/2 protocol "
+        "({r.detail}); every stream on it ended.",
+        None,
+        "check what answers at the destination's address: a netshield sidecar never does this",
+    ),
+    Reason.TUNNEL_LIFETIME: _closed(
+        "The tunnel reached `tunnels.max_lifetime` and drained: its streams finished and new "
+        "ones went to a fresh tunnel.",
+        "tunnels.max_lifetime",
+        "nothing: tunnels are replaced on purpose",
     ),
     Reason.SERVICE_UNKNOWN: _attestation(Reason.SERVICE_UNKNOWN),
     Reason.SERVICE_DISABLED: _attestation(Reason.SERVICE_DISABLED),
