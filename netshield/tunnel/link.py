@@ -9,7 +9,7 @@ Guarantees:
   stream is used up or the tunnel's TLS transport is full; its own window stays closed while
   the stream it relays to is full); half-close (END_STREAM ↔ `write_eof`); `abort` sends
   RST_STREAM and a peer's RST_STREAM closes it as PEER_RESET, so the relay turns it into a TCP
-  reset on the other side; `close` ends both directions (END_STREAM, then RST_STREAM NO_ERROR).
+  reset on the other side; `close` ends it now: a reset unless both directions had ended.
 - When the tunnel's connection goes (a cut, a TLS failure, a protocol error) every stream's
   `closed` resolves at once, with PEER_RESET and a `failure` saying what happened to the tunnel,
   after the bytes that arrived before; their counts say how far each got.
@@ -116,14 +116,14 @@ class TunnelStream(Stream):
         self._done(Reason.CLOSED)
 
     def close(self) -> None:
-        """End both directions now: END_STREAM, then RST_STREAM NO_ERROR (stop sending)."""
-        self._closing_locally = True
-        if not self.closed.done():
-            protocol = self.tunnel.protocol
-            protocol.end(self.stream_id)
-            protocol.reset(self.stream_id, NO_ERROR)
-            self.tunnel.flush()
-        self._done(Reason.CLOSED)
+        """End the stream now. While a direction is still open this is a cut (revoked, drained,
+        idle): RST_STREAM (CANCEL), so the application behind the peer sees a reset, never a
+        clean end of fewer bytes than were sent, as it would over a connection of its own."""
+        if self._read_eof and self._write_eof:
+            self._closing_locally = True
+            self._done(Reason.CLOSED)
+            return
+        self.abort()
 
     async def answer(self, timeout: float) -> Answer:
         """Client side: wait for the destination's answer to this stream (None: accepted)."""
@@ -406,6 +406,11 @@ class Tunnel:
                 self.draining = True
                 if self.close_reason is None:  # the peer's reason, when it gave one we know
                     given = reason_of(event.reason) if event.reason else None
+                    if given is not None and given.value.startswith("PEER_"):
+                        # the peer's verdict on this sidecar (say, revoked): a record names its
+                        # own peer in PEER_ codes, so here the peer cut the tunnel
+                        self.why = f"the peer closed the tunnel: {given.value} for this sidecar"
+                        given = Reason.UPSTREAM_RESET if self._on_request is None else Reason.PEER_RESET
                     self.close_reason = given or Reason.DRAINED
                 if self._on_goaway is not None:
                     self._on_goaway(self)
