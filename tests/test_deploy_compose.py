@@ -143,12 +143,17 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
 
 def test_transparent_capture_carries_the_allowed_call_as_mutual_tls(mesh: dict[str, Any]) -> None:
     assert "installed capture rules" in mesh["logs"]  # the init steps ran
-    out = [r for r in records(mesh, "frontend") if r["decision"] == "allow" and r["waf"] is None]
+    allowed = [r for r in records(mesh, "frontend") if r["decision"] == "allow" and r["waf"] is None]
+    out = [r for r in allowed if r["direction"] == "outbound"]
     assert out and all(r["original_dst"].endswith(":8080") for r in out)  # dialled orders:8080
-    assert all(r["peer_identity"].endswith("/svc/orders") for r in out)
+    assert all(r["peer_identity"].endswith("/svc/orders") for r in allowed)
+    # the calls travelled as streams of one tunnel between the two sidecars (on by default)
+    tunnels = {r.get("tunnel_id") for r in out} - {None}
+    assert tunnels, "no call went through a tunnel"
     inbound = [r for r in records(mesh, "orders") if r["decision"] == "allow"]
     assert inbound and {r["tls_version"] for r in inbound} == {"TLSv1.3"}
     assert all(r["peer_identity"].endswith("/svc/frontend") for r in inbound)
+    assert tunnels <= {r.get("tunnel_id") for r in inbound}  # both sidecars name the same tunnel
     # the sidecar image's health check turned healthy: it holds an attested certificate
     assert mesh["health"] == "healthy"
 
@@ -162,7 +167,10 @@ def test_every_denial_is_in_the_connection_records(mesh: dict[str, Any]) -> None
     assert set(denied) == {"TLS_HANDSHAKE_FAILED", "PEER_CERT_UNTRUSTED"}  # the attacker
     assert all(r["bytes_out"] == 0 and r["peer_identity"] is None for r in denied.values())
     revoked = [r for r in orders if r["close_reason"] == "PEER_REVOKED"]
-    assert len(revoked) == 1 and revoked[0]["decision"] == "allow"  # allowed, then cut off
+    calls = [r for r in revoked if r["direction"] == "inbound"]
+    assert len(calls) == 1 and calls[0]["decision"] == "allow"  # allowed, then cut off
+    # the tunnel that carried it was cut too, with the same reason
+    assert all(r.get("tunnel_id") == calls[0].get("tunnel_id") for r in revoked if r is not calls[0])
     # the SQL injection to the native service was stopped at frontend's WAF route (ModSecurity
     # + CRS), and the attacker's XSS at frontend's ingress WAF route
     frontend = [r for r in records(mesh, "frontend") if r["decision"] == "deny"]
