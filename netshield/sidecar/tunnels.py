@@ -97,7 +97,9 @@ async def tunnel_outbound(
     caller does that)."""
     key = (service, str(target), id(contexts))  # a credential swap starts new tunnels
     limits = rt.config.tunnels
-    answer_timeout = rt.config.limits.handshake_timeout.total_seconds()
+    # an open stream is answered once the destination connected to its upstream: the caller's
+    # budget for that is what it would have for a connection of its own
+    answer_timeout = rt.config.limits.connect_timeout.total_seconds()
     for _ in range(OPEN_ATTEMPTS):
         got = await rt.tunnels.acquire(
             key,
@@ -178,6 +180,17 @@ async def tunnel_outbound(
             plain.close()
             return True
         assert isinstance(answer, Retry)
+        if answer.timed_out:  # the tunnel may be cut off: as a connect that timed out, no retry
+            attempt.finish(
+                decision,
+                bytes_in=0,
+                bytes_out=0,
+                close_reason=Reason.CONNECT_TIMEOUT,
+                detail=f"{service} at {target} did not accept the connection within "
+                f"{answer_timeout:g} s (no answer on tunnel {tunnel.tunnel_id})",
+            )
+            plain.close()
+            return True
         log.debug(
             "conn=%s stream %d: %s; trying again", attempt.conn_id, stream.stream_id, answer.why
         )

@@ -69,10 +69,12 @@ class Retry:
     """The stream never reached the destination (GOAWAY raced it, or the tunnel went away
     before it was answered): safe to open it again on another tunnel."""
 
-    __slots__ = ("why",)
+    __slots__ = ("timed_out", "why")
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, *, timed_out: bool = False) -> None:
         self.why = why
+        self.timed_out = timed_out
+        """No answer within the caller's deadline (not a tunnel that went away)."""
 
 
 Answer = Refused | Retry | None
@@ -141,7 +143,9 @@ class TunnelStream(Stream):
     def _no_answer(self, timeout: float) -> None:
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(
-                Retry(f"no answer from the destination sidecar within {timeout:g} s")
+                Retry(
+                    f"no answer from the destination sidecar within {timeout:g} s", timed_out=True
+                )
             )
             self.abort()
 
@@ -410,7 +414,9 @@ class Tunnel:
                         # the peer's verdict on this sidecar (say, revoked): a record names its
                         # own peer in PEER_ codes, so here the peer cut the tunnel
                         self.why = f"the peer closed the tunnel: {given.value} for this sidecar"
-                        given = Reason.UPSTREAM_RESET if self._on_request is None else Reason.PEER_RESET
+                        given = (
+                            Reason.UPSTREAM_RESET if self._on_request is None else Reason.PEER_RESET
+                        )
                     self.close_reason = given or Reason.DRAINED
                 if self._on_goaway is not None:
                     self._on_goaway(self)
