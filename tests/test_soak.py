@@ -19,5 +19,7 @@ def test_the_short_soak_keeps_its_books(tmp_path: Path) -> None:
     print("\n" + result.table())
     assert result.problems == []
     assert len(result.faults) == 5
-    assert min(result.renewals.values()) >= 1  # every sidecar renewed at least once
+    # the sidecars that live the whole run renewed at least once (intruder is revoked at 65 %,
+    # which may come before its first renewal)
+    assert result.renewals["orders"] >= 1 and result.renewals["frontend"] >= 1, result.renewals
     assert sum(s.ok for s in result.legit()) >= 50
