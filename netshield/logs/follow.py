@@ -169,7 +169,7 @@ class Follower:
     ) -> tuple[list[_Open], _Open | None]:
         """Open the rotated files newer than the file `old` (modified at or after `newer_than`),
         oldest first, and the live FILE — retried until no rotation happened in between."""
-        for _ in range(SNAPSHOT_ATTEMPTS):
+        for attempt in range(SNAPSHOT_ATTEMPTS):
             opened: list[tuple[Path, _Open]] = []
             for index in range(1, MAX_ROTATED_SCAN + 1):
                 candidate = self._rotated(index)
@@ -188,8 +188,18 @@ class Follower:
             steady = all(_ident(path) == f.ident for path, f in opened) and (
                 live is None or _ident(self.path) == live.ident
             )
-            if steady:
-                return [f for _, f in reversed(opened)], live
+            if steady or attempt == SNAPSHOT_ATTEMPTS - 1:
+                # rotating faster than we scan: read what we hold, each file once, oldest first
+                # (an fd keeps its file's bytes wherever the file was renamed to since)
+                seen: set[tuple[int, int] | None] = {live.ident} if live is not None else set()
+                chosen: list[_Open] = []
+                for _, f in reversed(opened):
+                    if f.ident in seen:
+                        f.close()
+                        continue
+                    seen.add(f.ident)
+                    chosen.append(f)
+                return chosen, live
             for _, f in opened:
                 f.close()
             if live is not None:
