@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import selectors
 import shutil
 import socket
@@ -27,12 +28,35 @@ PROGRAMS = Path(__file__).resolve().parent / "shield_programs"
 SERVER_KINDS = ("http", "aiohttp", "streams", "protocol", "socket")
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the shielded programs are told to listen on: free now, and outside the kernel's
+    ephemeral range, so no outgoing connection of a busy host takes one before the program
+    binds it (the race a port from bind(0) loses)."""
+    low, _high = _ephemeral_range()
+    rng = random.Random()
+    ports: list[int] = []
+    socks: list[socket.socket] = []
+    try:
+        while len(ports) < n:
+            port = rng.randrange(10_000, max(low, 10_001 + n))
+            if port in ports:
+                continue
+            s = socket.socket()
+            socks.append(s)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+        return ports
     finally:
         for s in socks:
             s.close()

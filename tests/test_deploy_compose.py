@@ -143,7 +143,9 @@ def test_docker_compose_up_tells_the_story_and_the_narrator_exits_zero(
 
 def test_transparent_capture_carries_the_allowed_call_as_mutual_tls(mesh: dict[str, Any]) -> None:
     assert "installed capture rules" in mesh["logs"]  # the init steps ran
-    allowed = [r for r in records(mesh, "frontend") if r["decision"] == "allow" and r["waf"] is None]
+    allowed = [
+        r for r in records(mesh, "frontend") if r["decision"] == "allow" and r["waf"] is None
+    ]
     out = [r for r in allowed if r["direction"] == "outbound"]
     assert out and all(r["original_dst"].endswith(":8080") for r in out)  # dialled orders:8080
     assert all(r["peer_identity"].endswith("/svc/orders") for r in allowed)
@@ -170,7 +172,9 @@ def test_every_denial_is_in_the_connection_records(mesh: dict[str, Any]) -> None
     calls = [r for r in revoked if r["direction"] == "inbound"]
     assert len(calls) == 1 and calls[0]["decision"] == "allow"  # allowed, then cut off
     # the tunnel that carried it was cut too, with the same reason
-    assert all(r.get("tunnel_id") == calls[0].get("tunnel_id") for r in revoked if r is not calls[0])
+    assert all(
+        r.get("tunnel_id") == calls[0].get("tunnel_id") for r in revoked if r is not calls[0]
+    )
     # the SQL injection to the native service was stopped at frontend's WAF route (ModSecurity
     # + CRS), and the attacker's XSS at frontend's ingress WAF route
     frontend = [r for r in records(mesh, "frontend") if r["decision"] == "deny"]

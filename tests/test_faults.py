@@ -276,6 +276,8 @@ def test_records_disk_full_keeps_proxying_counts_the_lost_records_and_says_so(
             )
             outbound = frontend.addr("outbound:orders")
             assert checked_roundtrip(outbound, 1024) == (True, "")
+            # its record is on the disk before the disk fills (on a busy host it may not be yet)
+            wait_until(lambda: log.exists() and log.read_text().count("\n") >= 1, 20, "a record")
             filler = disk / "filler"
             with contextlib.suppress(OSError), filler.open("wb", buffering=0) as f:
                 while True:  # until the disk is full

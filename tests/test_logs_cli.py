@@ -279,7 +279,9 @@ def test_follow_survives_rotation_by_another_process(
 
     reader = threading.Thread(target=drain, args=(follower.stdout,), daemon=True)
     reader.start()
-    time.sleep(1.0)  # the follower is waiting for the file to appear
+    assert follower.stderr is not None
+    waiting = follower.stderr.readline()  # the follower waits for the file before it is written
+    assert "waiting for" in waiting, waiting
     writer = subprocess.run(
         [sys.executable, "-c", WRITER, str(path), str(count), str(keep), str(pause)],
         capture_output=True,

@@ -31,7 +31,7 @@ from netshield.pki.certext import AttestationClaims
 from netshield.pki.keys import generate_key, private_key_pem
 from netshield.policy import policy_hash
 from tests.mesh_support import TD, EchoServer
-from tests.shield_support import Program, ShieldMesh, make_shield_mesh, ports_env
+from tests.shield_support import Program, ShieldMesh, free_ports, make_shield_mesh, ports_env
 from tests.support import netshield_cmd
 
 pytestmark = pytest.mark.slow
@@ -68,9 +68,7 @@ def orders(sm: ShieldMesh) -> Program:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _client(sm: ShieldMesh, mode: str, service: str = "frontend", **extra: str) -> tuple:
@@ -463,8 +461,6 @@ def test_a_server_whose_attestation_is_refused_fails_its_accepts_and_readyz(
         workload={"path": str(tampered)},
         admin={"listen": f"127.0.0.1:{admin_port}"},
     )
-    from tests.shield_support import free_ports
-
     ports = dict(
         zip(("http", "aiohttp", "streams", "protocol", "socket"), free_ports(5), strict=True)
     )

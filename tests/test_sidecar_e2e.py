@@ -3,7 +3,6 @@ peers (openssl s_client, curl). Each operator-visible behaviour of issue 3 has a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -260,14 +259,16 @@ def test_revoked_peer_is_cut_off_mid_connection(mesh: Mesh, echo: EchoServer) ->
         s.sendall(b"ping")
         assert s.recv(100) == b"ping"
         assert mesh.cas is not None
-        revoked_at = time.monotonic()
         mesh.cas_admin("revoke", "--serial", ident["serial"])
-        s.settimeout(10)
+        s.settimeout(30)  # the feed brings it within seconds; left open, this recv times out
         closed = b""
-        with contextlib.suppress(OSError):
+        try:
             closed = s.recv(100)
-        took = time.monotonic() - revoked_at
-    assert closed == b"" and took < 5
+        except TimeoutError:
+            pytest.fail("the revoked peer's connection stayed open")
+        except OSError:
+            pass  # a reset: cut off as well
+    assert closed == b""
     rec = mesh.wait_record(
         "orders", lambda r: r["close_reason"] == "PEER_REVOKED" and r["direction"] == "inbound"
     )
