@@ -5,13 +5,15 @@ table names them.)
 
 Here: a quote signed by a key the vendor never certified; a CSR that asks for more than the
 policy grants; two attestations racing for one nonce; a flood of nonce requests (nothing written,
-memory bounded, legitimate attestations still pass); deep JSON; requests that arrive slowly.
+memory bounded, legitimate attestations still pass); deep JSON; an oversized body that declares
+no length; requests that arrive slowly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -287,6 +289,44 @@ async def test_deep_json_is_a_malformed_request_not_a_crash(domain: Domain) -> N
             ) as response:
                 body = await response.json()
         assert response.status == 400 and body["error"]["reason"] == "REQUEST_MALFORMED"
+        assert await attest_orders(cas, domain) == "OK"  # the twin, on the same CAS
+
+
+async def test_an_oversized_body_without_a_length_is_refused_once_past_the_limit(
+    domain: Domain,
+) -> None:
+    """A chunked body (no Content-Length to refuse it by, as test_cas_api.py does) that grows
+    past the 64 KiB limit and never ends: 413 BODY_TOO_LARGE as soon as the limit is crossed,
+    not a CAS that waits for, or buffers, whatever the client keeps sending."""
+    from netshield.cas.api import MAX_BODY
+
+    async with cas_in_process(domain) as running, domain.client() as cas:
+        ctx = cas_client_context(ca_pem=domain.ca_pem)
+        host, port = running.bound.host, running.bound.port
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        try:
+            writer.write(
+                b"POST /v1/attest HTTP/1.1\r\nHost: cas\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            chunk = b" " * 16384
+            for _ in range(MAX_BODY // len(chunk) + 1):  # one chunk past the limit, no last chunk
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+            async with asyncio.timeout(30):  # a hang guard: the answer must not wait for an end
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":", 1)[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                )
+                body = json.loads(await reader.readexactly(length))
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 413 ")
+        assert body["error"]["reason"] == "BODY_TOO_LARGE"
         assert await attest_orders(cas, domain) == "OK"  # the twin, on the same CAS
 
 

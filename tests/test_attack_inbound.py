@@ -48,6 +48,7 @@ PER_SOURCE = 64
 LEGIT_HOST = "127.0.0.1"
 REVOKED_PLATFORM = "p-decommissioned"
 SUCCESS_TARGET = 0.99
+RSS_GROWTH_MIB = 64  # measured: at most 11 MiB over a 30 s slowloris flood of 100,000 connections
 FLOOD_SECONDS = int(os.environ.get("NETSHIELD_ATTACK_SECONDS", "5"))
 """How long the stalled floods last; CI keeps them short, the README's figures use 30."""
 
@@ -146,7 +147,7 @@ class Outcome:
             f"legitimate {self.legit.ok}/{self.legit.total} ok ({self.legit.success_rate:.2%}), "
             f"errors {dict(self.legit.errors)}, latency p50 {self.legit.quantile(0.5) * 1000:.0f} ms "
             f"p99 {self.legit.quantile(0.99) * 1000:.0f} ms; sidecar peak fds {self.sampler.peak_fds}, "
-            f"peak RSS {self.sampler.peak_rss_mb:.0f} MiB"
+            f"RSS {self.sampler.rss[0] / 2**20:.0f} MiB at start, peak {self.sampler.peak_rss_mb:.0f} MiB"
         )
 
 
@@ -169,6 +170,9 @@ def assert_held_up(lab: Lab, outcome: Outcome, name: str) -> None:
     assert outcome.legit.success_rate >= SUCCESS_TARGET, outcome.legit
     # bounded: the pending handshakes, a few refusals lingering, the legitimate connections
     assert outcome.sampler.peak_fds <= MAX_HANDSHAKES + 200, outcome.sampler.fds
+    # and memory: what the attack adds stays within a bound, however many connections it opens
+    growth = (max(outcome.sampler.rss) - outcome.sampler.rss[0]) / 2**20
+    assert growth < RSS_GROWTH_MIB, outcome.sampler.rss
 
 
 def assert_every_refusal_recorded(
