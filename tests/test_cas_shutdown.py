@@ -65,5 +65,8 @@ async def test_sigterm_with_pending_long_polls_exits_without_waiting_for_them_or
     assert code == 0, stderr
     assert "Traceback" not in stderr and "Lock is not acquired" not in stderr, stderr
     assert statuses == [200] * (POLLS + 1)  # every long-poll answered, the stream ended cleanly
+    print(
+        f"\nthe CAS stopped {took:.2f} s after SIGTERM with {POLLS} long-polls and a stream pending"
+    )
     # the long-polls wait 30 s: a CAS that waited for them would take that long (or be killed)
     assert took < 15, f"the CAS took {took:.2f} s to stop"
