@@ -21,6 +21,7 @@ import uvloop
 
 from netshield.net.streams import HIGH_WATER, SOCKET_READ_SIZE
 from netshield.reasons import Reason
+from netshield.tunnel.link import peers_reason
 from netshield.tunnel.protocol import TunnelFull, TunnelSettings
 from tests.test_tls_pki import Pki
 from tests.tunnel_support import Sink, entry, serve_tcp, tunnel_pair
@@ -389,3 +390,20 @@ def test_a_peer_that_breaks_http2_ends_the_tunnel_and_its_streams_say_why(
         server.close()
 
     RUNNERS[runner](main())
+
+
+@pytest.mark.parametrize(
+    ("given", "dialled", "recorded"),
+    [
+        (Reason.CREDENTIALS_EXPIRED, True, Reason.PEER_CERT_EXPIRED),  # the peer's own expired
+        (Reason.PEER_CERT_EXPIRED, True, Reason.CREDENTIALS_EXPIRED),  # ours, as the peer says
+        (Reason.PEER_REVOKED, True, Reason.UPSTREAM_RESET),  # we are revoked: the peer cut us
+        (Reason.POLICY_STALE, False, Reason.PEER_RESET),
+        (Reason.DRAINED, True, Reason.DRAINED),
+        (Reason.TUNNEL_LIFETIME, False, Reason.TUNNEL_LIFETIME),
+    ],
+)
+def test_a_peers_reason_is_recorded_in_this_sidecars_words(
+    given: Reason, dialled: bool, recorded: Reason
+) -> None:
+    assert peers_reason(given, dialled=dialled) is recorded

@@ -45,7 +45,7 @@ from netshield.tunnel.protocol import (
     TunnelStateError,
 )
 
-__all__ = ["Answer", "Refused", "Retry", "Tunnel", "TunnelStream", "tunnel_id_of"]
+__all__ = ["Answer", "Refused", "Retry", "Tunnel", "TunnelStream", "peers_reason", "tunnel_id_of"]
 
 
 def tunnel_id_of(tls: TlsStream) -> str:
@@ -79,6 +79,20 @@ class Retry:
 
 Answer = Refused | Retry | None
 """What the destination said to a stream we opened: None means accepted."""
+
+
+def peers_reason(given: Reason, *, dialled: bool) -> Reason:
+    """The reason a peer gave for closing a tunnel, as this sidecar records it: a record's PEER_
+    codes name its own peer, so the peer's verdict on us is not ours on it. Its expired
+    certificate is our PEER_CERT_EXPIRED, ours (as it says) our CREDENTIALS_EXPIRED; any other
+    verdict on us (revoked, stale) is the peer cutting the connection."""
+    if given is Reason.CREDENTIALS_EXPIRED:
+        return Reason.PEER_CERT_EXPIRED
+    if given is Reason.PEER_CERT_EXPIRED:
+        return Reason.CREDENTIALS_EXPIRED
+    if given.value.startswith("PEER_") or given is Reason.POLICY_STALE:
+        return Reason.UPSTREAM_RESET if dialled else Reason.PEER_RESET
+    return given
 
 
 class TunnelStream(Stream):
@@ -209,6 +223,14 @@ class TunnelStream(Stream):
             self._write_eof = True
             self._finished = True
             self._done(Reason.CLOSED)
+            return
+        cut = self.tunnel.peer_close
+        if cut is not None and cut not in (Reason.PEER_RESET, Reason.UPSTREAM_RESET):
+            # reset while the peer closes the tunnel for a reason: the stream ends for it too
+            self.failure = TlsFailure(
+                cut, f"tunnel {self.tunnel.tunnel_id}: the peer closed it ({cut.value})"
+            )
+            self._done(cut)
         else:
             self._done(Reason.PEER_RESET)
 
@@ -261,6 +283,8 @@ class Tunnel:
         self.closed: asyncio.Future[Reason] = loop.create_future()
         """Resolves when the TLS connection is gone, with the tunnel's close reason."""
         self.close_reason: Reason | None = None
+        self.peer_close: Reason | None = None
+        """Why the peer closed the tunnel (its GOAWAY), in this sidecar's words."""
         self.why = ""
         """What the record adds about the close (e.g. why it drained)."""
         self.failure: TlsFailure | None = None
@@ -408,16 +432,13 @@ class Tunnel:
                     stream._on_reset(event.code)
             elif isinstance(event, GoAway):
                 self.draining = True
-                if self.close_reason is None:  # the peer's reason, when it gave one we know
-                    given = reason_of(event.reason) if event.reason else None
-                    if given is not None and given.value.startswith("PEER_"):
-                        # the peer's verdict on this sidecar (say, revoked): a record names its
-                        # own peer in PEER_ codes, so here the peer cut the tunnel
+                given = reason_of(event.reason) if event.reason else None
+                if given is not None:  # the peer's reason, in this sidecar's words
+                    self.peer_close = peers_reason(given, dialled=self._on_request is None)
+                if self.close_reason is None:
+                    if given is not None and self.peer_close is not given:
                         self.why = f"the peer closed the tunnel: {given.value} for this sidecar"
-                        given = (
-                            Reason.UPSTREAM_RESET if self._on_request is None else Reason.PEER_RESET
-                        )
-                    self.close_reason = given or Reason.DRAINED
+                    self.close_reason = self.peer_close or Reason.DRAINED
                 if self._on_goaway is not None:
                     self._on_goaway(self)
                 if not self.streams:
