@@ -83,6 +83,29 @@ class Lab:
         assert status == 200 and isinstance(body, str)
         return body
 
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until an earlier attack is over at the sidecar: no handshake pending and no new
+        denial for a second (a loaded host may still be accepting its connections from the
+        backlog, and each of them would shed a handshake of the next attack)."""
+        deadline = time.monotonic() + timeout
+        last, quiet_since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            pending = next(
+                (
+                    float(line.rsplit(" ", 1)[1])
+                    for line in self.metrics().splitlines()
+                    if line.startswith("netshield_pending_handshakes ")
+                ),
+                0.0,
+            )
+            total = sum(self.inbound_denials().values())
+            if pending or total != last:
+                last, quiet_since = total, time.monotonic()
+            elif time.monotonic() - quiet_since >= 1.0:
+                return
+            time.sleep(0.2)
+        raise AssertionError("the sidecar never settled after the previous attack")
+
     def inbound_denials(self) -> Counter[str]:
         """The orders sidecar's own count of denied inbound connections, by reason."""
         counts: Counter[str] = Counter()
@@ -247,6 +270,7 @@ def test_connections_that_stay_open_are_shed_or_refused_then_timed_out(
     oldest are shed; from one host all but its share of 64 are reset at once. The rest meet the
     deadline (shrinking while the budget is full). Nothing is left open."""
     hosts = attacker_hosts(sources)
+    lab.settle()
     since = lab.mark()
     attacker = lab.attack("idle", hosts, "--count", "1000", "--seconds", "30")
     with Sampler(lab.orders.popen.pid) as sampler:
