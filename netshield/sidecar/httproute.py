@@ -10,8 +10,8 @@ Per request, in order (pipelined requests are answered in the order they came):
    instead); between requests the connection may idle for ``waf.keepalive_timeout``;
 2. a request the parser refuses (malformed, smuggling-shaped, over the limits) gets its 4xx and
    the connection closes: nothing after it can be framed safely;
-3. the engine inspects it in the route's thread pool (`WafRoutes.executor`), never on the event
-   loop; ``block`` answers a blocked request with 403 and a request id, ``detect`` forwards it;
+3. the engine inspects it in the sidecar's WAF threads (`WafRoutes.inspections`), never on the
+   event loop; ``block`` answers a blocked request with 403 and a request id, ``detect`` forwards it;
 4. it is forwarded re-serialised from what was inspected (de-chunked, trailers dropped,
    hop-by-hop headers replaced) on an idle pooled connection or a new one; a reused connection
    the service had closed is retried once for idempotent methods;
@@ -37,6 +37,7 @@ from netshield.authz import ConnDecision
 from netshield.reasons import Reason
 from netshield.record import WAF_REQUESTS_KEPT, WafOutcome, WafRequest
 from netshield.sidecar.connection import Attempt
+from netshield.sidecar.inspections import Inspections
 from netshield.sidecar.runtime import Runtime
 from netshield.sidecar.upstreampool import Upstream, UpstreamPool
 from netshield.waf.engine import Engine, Exchange
@@ -56,6 +57,7 @@ from netshield.waf.verdict import Verdict, refusal
 log = logging.getLogger("netshield.sidecar")
 
 _READ = 65536
+_SHORT_BODY = 8192  # a request with a body up to this size is inspected in a few ms (CRS, PL1)
 _HIGH_WATER = 256 * 1024  # bytes buffered towards a peer before the route waits for it
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _PHRASES = {
@@ -151,11 +153,11 @@ class HttpConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         route: HttpRoute,
-        executor: Any,
+        inspections: Inspections,
     ) -> None:
         self.rt, self.attempt, self.route = rt, attempt, route
         self.reader, self.writer = reader, writer
-        self.executor = executor
+        self.inspections = inspections
         s = route.settings
         self.parser = RequestParser(Limits(s.max_head, s.max_headers, s.max_body))
         self.state = _State()
@@ -219,10 +221,13 @@ class HttpConnection:
         engine = self.route.engine
         if engine is None:
             return None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor, engine.inspect_request, request, self.route.exchange
+        verdict: Verdict = await self.inspections.run(
+            engine.inspect_request,
+            request,
+            self.route.exchange,
+            short=len(request.body) <= _SHORT_BODY,
         )
+        return verdict
 
     # --- the connection -----------------------------------------------------------------------
     async def serve(self) -> None:
@@ -488,9 +493,8 @@ class _ResponseRelay:
         assert engine is not None and self.head is not None
         body = b"".join(v for k, v in self.events if k == "body")
         response = HttpResponse(self.head.status, self.head.headers, body)
-        loop = asyncio.get_running_loop()
-        _, verdict = await loop.run_in_executor(
-            c.executor, engine.inspect_exchange, self.request, response, c.route.exchange
+        _, verdict = await c.inspections.run(
+            engine.inspect_exchange, self.request, response, c.route.exchange
         )
         if verdict.action == "block" and c.route.settings.mode == "block":
             upstream.close()
@@ -563,7 +567,7 @@ async def serve_http_route(
     decision: ConnDecision,
 ) -> None:
     """Serve one caller connection on `route` until it closes; record it once."""
-    conn = HttpConnection(rt, attempt, reader, writer, route, rt.http.executor)
+    conn = HttpConnection(rt, attempt, reader, writer, route, rt.http.inspections)
     closing: list[Reason] = []
 
     def close(reason: Reason) -> None:  # revocation or drain, from the live table

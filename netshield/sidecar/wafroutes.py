@@ -7,10 +7,11 @@ section, its ``routes``, every ``ingress`` route) and raises `WafUnavailable` fo
 that cannot load: a route configured for CRS never starts on anything else. A sidecar without a
 ``waf:`` section loads the default (``auto``) engine on first use.
 
-Inspection runs in `executor`, a thread pool: ModSecurity is called through ctypes, which
-releases the GIL, so rule evaluation neither stalls the event loop nor waits for it (measured:
-a second connection's round trips keep flowing while a 1 MiB body is inspected, see
-tests/test_waf_route.py).
+Inspection runs in `executor`, a thread pool, fed by `inspections`
+(`netshield.sidecar.inspections`: a thread takes the next queued request as soon as it finished
+one). ModSecurity is called through ctypes, which releases the GIL, so rule evaluation neither
+stalls the event loop nor waits for it (measured: a second connection's round trips keep
+flowing while a 1 MiB body is inspected, see tests/test_waf_route.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from netshield.sidecar.inspections import Inspections
 from netshield.sidecar.upstreampool import UpstreamPool
 from netshield.sidecar.wafconfig import IngressConfig, WafConfig
 from netshield.waf.engine import Engine, load_engine
@@ -41,9 +43,9 @@ class WafRoutes:
         self.ingress = ingress
         self._engines: dict[WafSettings, Engine] = {}
         self._loading: dict[WafSettings, asyncio.Future[Engine]] = {}
-        self.executor = ThreadPoolExecutor(
-            max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="netshield-waf"
-        )
+        workers = workers or max(2, os.cpu_count() or 2)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="netshield-waf")
+        self.inspections = Inspections(self.executor, workers)
         self.pools: dict[Any, UpstreamPool] = {}
         self.tls_cache: dict[int, Any] = {}  # ingress server-only TLS contexts by credentials
 
@@ -99,6 +101,7 @@ class WafRoutes:
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
+        self.inspections.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         for engine in self._engines.values():
             engine.close()
