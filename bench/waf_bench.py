@@ -149,6 +149,7 @@ class Bench:
         port = free_port()
         body = f"""    modsecurity on;
     modsecurity_rules_file {rules};
+    modsecurity_transaction_id "$request_id";
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
