@@ -30,6 +30,7 @@ CHUNK = 65536
 MARKER = 64
 MAX_ROTATED_SCAN = 1000
 SNAPSHOT_ATTEMPTS = 5
+MTIME_SLACK = 0.1  # seconds: a file written just after we looked may carry an earlier time
 
 
 class _Open:
@@ -176,8 +177,8 @@ class Follower:
                 f = _open(candidate)
                 if f is None:
                     break
-                try:
-                    older = os.fstat(f.fd).st_mtime < newer_than
+                try:  # file times come from the kernel's coarse clock, a tick behind ours
+                    older = os.fstat(f.fd).st_mtime < newer_than - MTIME_SLACK
                 except OSError:
                     older = True
                 if f.ident == old or older:
